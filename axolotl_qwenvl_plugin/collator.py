@@ -1,0 +1,235 @@
+"""Batch assembly: decode the media a batch refers to, run the processors, pad, verify.
+
+Runs inside DataLoader workers. Records arrive already tokenized with their exact vision pads
+(see `records`), so the collator only turns files into pixels. Each item is processed with the
+pixel bounds it was budgeted with, and its grid is checked against the pads it was given: a wrong
+count never reaches the model. The batch also carries `mm_token_type_ids`, without which
+transformers silently skips Qwen2.5-VL's 3D (M-RoPE) positions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import Reason, RecordError
+from .media import load_image, read_video_frames
+from .records import IGNORE_INDEX
+
+LOG = logging.getLogger(__name__)
+
+# mm_token_type_ids values understood by transformers' Qwen2.5-VL get_rope_index.
+TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+
+
+class QwenVLDataCollator:
+    """Builds exact Qwen2.5-VL batches from prepared marker records.
+
+    Axolotl constructs it as `cls(tokenizer, padding=True, pad_to_multiple_of=..., **kwargs,
+    return_tensors="pt")`; the plugin passes `processor_source` (loaded lazily, once per worker)
+    and `on_bad_record`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        processor_source: str | None = None,
+        processor=None,
+        on_bad_record: str = "error",
+        padding: bool | str = True,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str = "pt",
+        trust_remote_code: bool = False,
+        **_unused,
+    ):
+        if processor is None and processor_source is None:
+            raise ValueError("QwenVLDataCollator needs a processor or a processor_source")
+        self.tokenizer = tokenizer
+        self.processor_source = processor_source
+        self._processor = processor
+        self.on_bad_record = on_bad_record
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.trust_remote_code = trust_remote_code
+        self.skipped: Counter = Counter()
+        if return_tensors != "pt":
+            raise ValueError("QwenVLDataCollator only returns PyTorch tensors")
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(
+                self.processor_source, trust_remote_code=self.trust_remote_code
+            )
+        return self._processor
+
+    def __getstate__(self):
+        # Workers reload the processor themselves rather than unpickling a large object.
+        state = dict(self.__dict__)
+        if self.processor_source is not None:
+            state["_processor"] = None
+        return state
+
+    # -- batch ----------------------------------------------------------------------------------
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        samples = []
+        for feature in features:
+            try:
+                samples.append((feature, self._encode_media(feature)))
+            except RecordError as err:
+                if self.on_bad_record != "skip":
+                    raise
+                self.skipped[err.reason.value] += 1
+                LOG.warning("qwenvl: skipping a record at training time: %s", err)
+        if not samples:
+            raise RecordError(
+                Reason.MISSING_FILE,
+                "every record of this batch had unreadable media; run `axolotl-qwenvl check CONFIG`",
+            )
+        batch = self._pad([feature for feature, _ in samples])
+        batch.update(_concat_media([media for _, media in samples]))
+        return batch
+
+    def _encode_media(self, feature: dict) -> dict[str, list]:
+        location = feature.get("qwenvl_location") or "record"
+        plans = json.loads(feature.get("qwenvl_media") or "[]")
+        self._check_pads_match_plans(feature["input_ids"], plans, location)
+        encoded: dict[str, list] = {
+            "pixel_values": [],
+            "image_grid_thw": [],
+            "pixel_values_videos": [],
+            "video_grid_thw": [],
+            "second_per_grid_ts": [],
+        }
+        for plan in plans:
+            try:
+                if plan["kind"] == "image":
+                    out = self._process_image(plan)
+                    encoded["pixel_values"].append(out["pixel_values"])
+                    encoded["image_grid_thw"].append(out["image_grid_thw"][0])
+                    grid = out["image_grid_thw"][0]
+                else:
+                    out, seconds_per_grid = self._process_video(plan)
+                    encoded["pixel_values_videos"].append(out["pixel_values_videos"])
+                    encoded["video_grid_thw"].append(out["video_grid_thw"][0])
+                    encoded["second_per_grid_ts"].append(seconds_per_grid)
+                    grid = out["video_grid_thw"][0]
+            except RecordError as err:
+                err.marker = err.marker or plan["marker"]
+                err.path = err.path or plan["path"]
+                raise err.at(location)
+            produced = int(grid.prod()) // self.processor.image_processor.merge_size**2
+            if produced != plan["num_pads"]:
+                raise RecordError(
+                    Reason.GRID_MISMATCH,
+                    f"the processor made {produced} vision tokens (grid {grid.tolist()}) but the "
+                    f"record was prepared with {plan['num_pads']}; the file or the qwenvl pixel "
+                    "settings changed since preprocessing: delete the prepared dataset and rerun "
+                    "`axolotl preprocess`",
+                    marker=plan["marker"],
+                    path=plan["path"],
+                    location=location,
+                )
+        return encoded
+
+    def _check_pads_match_plans(self, input_ids: list[int], plans: list[dict], location: str) -> None:
+        ids = np.asarray(input_ids)
+        for kind, token in (("image", "<|image_pad|>"), ("video", "<|video_pad|>")):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            expected = sum(p["num_pads"] for p in plans if p["kind"] == kind)
+            found = int((ids == token_id).sum())
+            if found != expected:
+                raise RecordError(
+                    Reason.GRID_MISMATCH,
+                    f"the record holds {found} {token} tokens but its media need {expected}; "
+                    "the prepared dataset is stale or truncated (never use excess_length_strategy: "
+                    "truncate): delete it and rerun `axolotl preprocess`",
+                    location=location,
+                )
+
+    def _process_image(self, plan: dict):
+        image = load_image(Path(plan["path"]))
+        return self.processor.image_processor(
+            images=[image],
+            min_pixels=plan["min_pixels"],
+            max_pixels=plan["max_pixels"],
+            return_tensors="pt",
+        )
+
+    def _process_video(self, plan: dict):
+        from transformers.video_utils import VideoMetadata
+
+        frames = read_video_frames(Path(plan["path"]), plan["frame_indices"])
+        metadata = VideoMetadata(
+            total_num_frames=plan["total_frames"],
+            fps=plan["fps"],
+            height=int(frames.shape[1]),
+            width=int(frames.shape[2]),
+            frames_indices=list(plan["frame_indices"]),
+        )
+        video_processor = self.processor.video_processor
+        out = video_processor(
+            videos=[frames],
+            video_metadata=[metadata],
+            do_sample_frames=False,
+            min_pixels=plan["min_pixels"],
+            max_pixels=plan["max_pixels"],
+            # The whole-video budget is already in plan["max_pixels"] (see budget.py).
+            cap_pixels_per_frame=False,
+            return_tensors="pt",
+        )
+        # The same formula as Qwen2_5_VLProcessor: temporal patch / the fps actually sampled.
+        return out, video_processor.temporal_patch_size / metadata.sampled_fps
+
+    # -- padding --------------------------------------------------------------------------------
+    def _pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        input_ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+        mm_token_type_ids = torch.zeros_like(input_ids, dtype=torch.int32)
+        mm_token_type_ids[input_ids == image_id] = IMAGE_TYPE
+        mm_token_type_ids[input_ids == video_id] = VIDEO_TYPE
+        mm_token_type_ids[attention_mask == 0] = TEXT_TYPE
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "mm_token_type_ids": mm_token_type_ids,
+        }
+
+
+def _concat_media(per_sample: list[dict[str, list]]) -> dict[str, torch.Tensor]:
+    """Stack media of all samples in order: the model matches them to pads left to right."""
+    merged: dict[str, list] = {key: [] for key in per_sample[0]}
+    for media in per_sample:
+        for key, values in media.items():
+            merged[key].extend(values)
+    batch: dict[str, torch.Tensor] = {}
+    if merged["pixel_values"]:
+        batch["pixel_values"] = torch.cat(merged["pixel_values"], dim=0)
+        batch["image_grid_thw"] = torch.stack(merged["image_grid_thw"]).long()
+    if merged["pixel_values_videos"]:
+        batch["pixel_values_videos"] = torch.cat(merged["pixel_values_videos"], dim=0)
+        batch["video_grid_thw"] = torch.stack(merged["video_grid_thw"]).long()
+        batch["second_per_grid_ts"] = torch.tensor(merged["second_per_grid_ts"], dtype=torch.float32)
+    return batch
