@@ -36,6 +36,11 @@ class QwenVLPlugin(BasePlugin):
         """
         apply_required_axolotl_keys(cfg)
 
+    def post_trainer_create(self, cfg, trainer):
+        dataset = trainer.train_dataset
+        if dataset is not None and hasattr(dataset, "__len__"):
+            LOG.info("qwenvl: training on %d records", len(dataset))
+
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         from .collator import QwenVLDataCollator
         from .settings import processor_source, qwenvl_settings
