@@ -26,6 +26,7 @@ class Reason(str, Enum):
     NO_MEDIA_SOURCE = "no_media_source"
     UNUSED_MEDIA = "unused_media"
     PATH_OUTSIDE_MEDIA_DIR = "path_outside_media_dir"
+    VISION_TOKEN_IN_TEXT = "vision_token_in_text"
     # files
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"

@@ -28,6 +28,9 @@ IGNORE_INDEX = -100
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
+_SENTINEL = "\u2063qwenvl-assistant-turn\u2063"  # never occurs in real text
+_END_OF_TURN = "<|im_end|>"
+
 # A record has exactly one of these shapes; the keys say which.
 SHAPES = ("text", "prompt+completion", "messages")
 
@@ -133,36 +136,37 @@ class RecordBuilder:
     def _render_chat(self, messages: list[dict]) -> list[Piece]:
         """Render through the chat template; assistant content plus its end token is trainable.
 
-        Turn boundaries come from rendering growing prefixes of the conversation, which works for
-        any template whose output for the first k turns is a prefix of the output for all turns.
+        Each assistant turn is located by rendering the conversation up to that turn with a
+        sentinel as its content: what precedes the sentinel is the exact rendered prefix. This
+        needs no generation prompt and works for any template whose output for the first k turns
+        is a prefix of the output for all turns.
         """
-        full = self._apply_template(messages, add_generation_prompt=False)
+        full = self._apply_template(messages)
         pieces: list[Piece] = []
         done = 0
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            head = self._apply_template(messages[:k], add_generation_prompt=True)
-            upto = self._apply_template(messages[: k + 1], add_generation_prompt=False)
-            if not (full.startswith(head) and full.startswith(upto) and len(head) >= done):
+            probe = self._apply_template([*messages[:k], {"role": "assistant", "content": _SENTINEL}])
+            start = probe.find(_SENTINEL)
+            content = message["content"]
+            if start < done or not full.startswith(probe[:start]) or not full.startswith(content, start):
                 raise ValueError(
                     "the chat template does not render conversations prefix by prefix, so "
                     "assistant turns cannot be located; use the Qwen2-VL template "
                     "(`chat_template: qwen2_vl`)"
                 )
             # Train on the content and the end-of-turn token, not on what follows it ("\n").
-            end = len(upto)
-            content_end = upto.rfind(message["content"], len(head)) + len(message["content"])
-            end_token = "<|im_end|>"
-            if upto.startswith(end_token, content_end):
-                end = content_end + len(end_token)
-            pieces.append(Piece(full[done : len(head)], self.train_on_inputs))
-            pieces.append(Piece(full[len(head) : end], True))
+            end = start + len(content)
+            if full.startswith(_END_OF_TURN, end):
+                end += len(_END_OF_TURN)
+            pieces.append(Piece(full[done:start], self.train_on_inputs))
+            pieces.append(Piece(full[start:end], True))
             done = end
         pieces.append(Piece(full[done:], self.train_on_inputs))
         return [piece for piece in pieces if piece.text]
 
-    def _apply_template(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    def _apply_template(self, messages: list[dict]) -> str:
         template = getattr(self.tokenizer, "chat_template", None) or getattr(self.processor, "chat_template", None)
         if not template:
             raise ValueError(
@@ -170,7 +174,7 @@ class RecordBuilder:
                 "processor has one; set `chat_template: qwen2_vl` in the config"
             )
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, chat_template=template, tokenize=False, add_generation_prompt=False
         )
 
     # -- media ------------------------------------------------------------------------------------
@@ -214,6 +218,14 @@ class RecordBuilder:
                     input_ids.extend(span)
                     labels.extend([IGNORE_INDEX] * len(span))  # vision tokens are never in the loss
                     continue
+                literal = next((token for token in VISION_TOKENS if token in segment), None)
+                if literal is not None:
+                    # The tokenizer would turn it into a real pad with no media behind it.
+                    raise RecordError(
+                        Reason.VISION_TOKEN_IN_TEXT,
+                        f"the text contains the literal token {literal}; place media with "
+                        "<image_no_N> / <video_no_N> markers and remove vision tokens from the text",
+                    )
                 ids = self.tokenizer(segment, add_special_tokens=False)["input_ids"]
                 input_ids.extend(ids)
                 labels.extend(ids if piece.trainable else [IGNORE_INDEX] * len(ids))
