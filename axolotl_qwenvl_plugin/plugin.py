@@ -17,6 +17,7 @@ LOG = get_logger(__name__)
 
 STRATEGY = "axolotl_qwenvl_plugin.marker_jsonl"
 DEFAULT_PREPARED_PATH = "last_run_prepared"
+DEFAULT_EMBEDDING_LR_SCALE = 0.1
 
 
 class QwenVLConfigError(ValueError):
@@ -87,6 +88,13 @@ def apply_required_axolotl_keys(cfg: dict) -> None:
             ds["ds_type"] = "text"
         elif ds.get("ds_type") == "text" and not path.endswith(".jsonl"):
             problems.append(f"datasets[{index}]: `ds_type: text` is reserved for marker .jsonl files")
+
+    # Trained embeddings / lm_head move far more per step than LoRA factors: give them a 10x
+    # lower learning rate unless the user chose one (Axolotl applies it as a param group).
+    trained = set(cfg.get("lora_modules_to_save") or [])
+    if trained & {"embed_tokens", "lm_head"} and cfg.get("embedding_lr_scale") is None and cfg.get("embedding_lr") is None:
+        cfg["embedding_lr_scale"] = DEFAULT_EMBEDDING_LR_SCALE
+        LOG.info("qwenvl: embed_tokens/lm_head are trained; embedding_lr_scale set to %s", DEFAULT_EMBEDDING_LR_SCALE)
 
     if problems:
         raise QwenVLConfigError("qwenvl plugin: " + "; ".join(problems))

@@ -195,8 +195,15 @@ def test_killed_run_resumes_from_checkpoint(tmp_path, tiny_model_dir):
 
 def test_merge_lora_then_generate_from_image(tmp_path, tiny_model_dir):
     data = make_dataset(tmp_path)
-    cfg = write_config(tmp_path, tiny_model_dir, data, num_epochs=1)
+    # Training lm_head too: the plugin gives it a 10x lower learning rate than the LoRA factors.
+    cfg = write_config(tmp_path, tiny_model_dir, data, num_epochs=1, lora_modules_to_save=["lm_head"])
     run_axolotl("train", str(cfg), cwd=tmp_path)
+    import torch
+
+    optimizer = torch.load(next((tmp_path / "out").glob("checkpoint-*/optimizer.pt")), weights_only=False)
+    group_lrs = sorted({round(group["lr"], 12) for group in optimizer["param_groups"] if group["params"]})
+    assert len(group_lrs) == 2 and group_lrs[1] / group_lrs[0] == pytest.approx(10.0)
+
     run_axolotl("merge-lora", str(cfg), cwd=tmp_path)
     merged = tmp_path / "out" / "merged"
     assert (merged / "config.json").exists()

@@ -112,6 +112,22 @@ def test_register_keeps_user_prepared_path_as_parent():
     assert cfg["dataset_prepared_path"].count("qwenvl-") == 1
 
 
+@pytest.mark.parametrize("modules", [["embed_tokens"], ["lm_head"], ["embed_tokens", "lm_head"]])
+def test_register_lowers_embedding_learning_rate_when_embeddings_train(modules):
+    cfg = _raw_cfg(lora_modules_to_save=modules)
+    apply_required_axolotl_keys(cfg)
+    assert cfg["embedding_lr_scale"] == 0.1
+
+
+def test_register_keeps_a_chosen_embedding_learning_rate():
+    cfg = _raw_cfg(lora_modules_to_save=["lm_head"], embedding_lr=1e-5)
+    apply_required_axolotl_keys(cfg)
+    assert "embedding_lr_scale" not in cfg
+    cfg = _raw_cfg()
+    apply_required_axolotl_keys(cfg)
+    assert "embedding_lr_scale" not in cfg  # nothing to scale when embeddings are frozen
+
+
 def test_register_leaves_other_datasets_alone():
     cfg = _raw_cfg()
     cfg["datasets"].append({"path": "other.jsonl", "type": "chat_template"})
