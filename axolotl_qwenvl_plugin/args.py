@@ -115,7 +115,8 @@ class QwenVLConfig(BaseModel):
         "present, else transformers.",
     )
     finetune_vision_layers: bool = Field(
-        default=False, description="Put LoRA adapters on the vision tower (ViT + merger)."
+        default=False, description="Put LoRA adapters on the vision tower's blocks (the merger is trained only "
+        "through `lora_modules_to_save`)."
     )
     finetune_language_layers: bool = Field(
         default=True, description="Put LoRA adapters on the language model."
