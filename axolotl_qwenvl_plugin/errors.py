@@ -76,26 +76,16 @@ class RecordError(Exception):
         return f"{where}{self.reason.value}: {self.detail}" + (f" ({context})" if context else "")
 
     def __reduce__(self):
-        # Picklable across DataLoader worker processes with all fields intact.
+        # Picklable across DataLoader worker processes with all fields (and the subclass) intact.
         return (
             _rebuild_record_error,
-            (self.reason.value, self.detail, self.marker, self.path, self.location),
+            (type(self), self.reason.value, self.detail, self.marker, self.path, self.location),
         )
 
 
-def _rebuild_record_error(reason, detail, marker, path, location) -> RecordError:
-    return RecordError(Reason(reason), detail, marker=marker, path=path, location=location)
+def _rebuild_record_error(cls, reason, detail, marker, path, location) -> RecordError:
+    return cls(Reason(reason), detail, marker=marker, path=path, location=location)
 
 
 class MediaError(RecordError):
     """A media file that cannot be used (missing, empty, corrupt, wrong kind)."""
-
-    def __reduce__(self):
-        return (
-            _rebuild_media_error,
-            (self.reason.value, self.detail, self.marker, self.path, self.location),
-        )
-
-
-def _rebuild_media_error(reason, detail, marker, path, location) -> MediaError:
-    return MediaError(Reason(reason), detail, marker=marker, path=path, location=location)
