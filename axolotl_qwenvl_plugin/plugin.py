@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -36,6 +37,25 @@ class QwenVLPlugin(BasePlugin):
         Runs on the raw config, before Axolotl validates it.
         """
         apply_required_axolotl_keys(cfg)
+        apply_loader_keys(cfg)
+
+    def pre_model_load(self, cfg):
+        """With `qwenvl.loader` resolving to unsloth, route Axolotl's ModelLoader through
+        FastVisionModel (see `loading.install_unsloth_loader_patch` for the hook design)."""
+        from . import loading
+        from .settings import qwenvl_settings
+
+        loader = loading.resolve_loader(
+            qwenvl_settings(cfg).loader,
+            cuda_available=loading.cuda_available(),
+            unsloth_installed=loading.unsloth_installed(),
+        )
+        if loader != "unsloth":
+            LOG.info("qwenvl: loader transformers (Axolotl's own loading, bitsandbytes + PEFT)")
+            return
+        loading.prepare_unsloth_environment()
+        if loading.install_unsloth_loader_patch():
+            LOG.info("qwenvl: loader unsloth: ModelLoader routed through FastVisionModel")
 
     def post_trainer_create(self, cfg, trainer):
         dataset = trainer.train_dataset
@@ -52,6 +72,58 @@ class QwenVLPlugin(BasePlugin):
             "on_bad_record": settings.on_bad_record,
             "trust_remote_code": bool(cfg.trust_remote_code),
         }
+
+
+def apply_loader_keys(cfg: dict, *, cuda_available: bool | None = None, unsloth_installed: bool | None = None) -> str | None:
+    """Resolve `qwenvl.loader` on this machine and make the raw config agree with it.
+
+    Refuses `loader: unsloth` where it cannot run (no GPU, no unsloth extra), applies the LoRA
+    target mapping and the keys each loader needs (`loading.axolotl_keys_for_loader`), and asks
+    Unsloth for logits when an Axolotl feature reads them. Returns the loader, or None when the
+    `qwenvl:` block is invalid (Axolotl's validation reports that right after `register`).
+    """
+    from . import loading
+
+    try:
+        settings = QwenVLConfig(**dict(cfg.get("qwenvl") or {}))
+    except (TypeError, ValueError):
+        return None
+    if cuda_available is None:
+        cuda_available = loading.cuda_available()
+    if unsloth_installed is None:
+        unsloth_installed = loading.unsloth_installed()
+    # `axolotl preprocess` / `inference` / `merge-lora` never load through Unsloth (the plugin's
+    # ModelLoader patch only takes the training load), so a CPU box can still preprocess or
+    # merge for a `loader: unsloth` config.
+    check = loading.check_loader_supported if is_training_command(cfg) else loading.resolve_loader
+    try:
+        loader = check(
+            settings.loader, cuda_available=cuda_available, unsloth_installed=unsloth_installed
+        )
+        problems = loading.axolotl_keys_for_loader(cfg, loader, settings)
+    except ValueError as err:
+        raise QwenVLConfigError(f"qwenvl plugin: {err}") from None
+    if problems:
+        raise QwenVLConfigError("qwenvl plugin: " + "; ".join(problems))
+    if loader == "unsloth":
+        loading.request_unsloth_logits(cfg)
+    return loader
+
+
+_NON_TRAINING_COMMANDS = ("preprocess", "inference", "merge-lora", "merge_lora")
+
+
+def is_training_command(cfg, argv: list[str] | None = None) -> bool:
+    """False for `axolotl preprocess` / `inference` / `merge-lora`: Axolotl marks the config of
+    the first two (`is_preprocess`, `inference`) and of merge-lora's second load (`merge_lora`);
+    merge-lora's first load is only told by the command line."""
+    if cfg.get("is_preprocess") or cfg.get("inference") or cfg.get("merge_lora"):
+        return False
+    argv = sys.argv if argv is None else argv
+    if len(argv) > 1 and argv[1] in _NON_TRAINING_COMMANDS:  # `axolotl merge-lora cfg.yml`
+        return False
+    script = Path(argv[0]).stem if argv else ""
+    return script not in {name.replace("-", "_") for name in _NON_TRAINING_COMMANDS}
 
 
 def apply_required_axolotl_keys(cfg: dict) -> None:
