@@ -1,0 +1,187 @@
+"""One throughput and memory meter for every training path of the issue-5 benchmark.
+
+* `StepMeter`: a transformers `TrainerCallback`. Per optimizer step it records the wall time since
+  the previous step ended (so data loading, logging and the optimizer are included; the first
+  interval is timed from `on_step_begin`), the tokens the step trained on and the losses logged.
+  Tokens are counted by wrapping `trainer.training_step`: `attention_mask.sum()` of each
+  micro-batch, i.e. text tokens plus vision tokens (the `<|image_pad|>` / `<|video_pad|>`
+  positions the LLM runs over), padding excluded; vision tokens are also counted apart.
+  Memory: `torch.cuda.max_memory_allocated()` over the whole process (loading included) and over
+  training only (peak stats reset at `on_train_begin`).
+  It rewrites a JSON file after every step, so a killed run still leaves its numbers.
+* `ThroughputPlugin`: an Axolotl plugin that attaches the meter to Axolotl's trainer:
+
+      plugins:
+        - axolotl_qwenvl_plugin.QwenVLPlugin
+        - benchmarks.throughput.ThroughputPlugin     # needs the repo root on PYTHONPATH
+
+  The JSON goes to `$QWENVL_BENCH_JSON` (default `<output_dir>/throughput.json`).
+
+Axolotl's own `tokens/train_per_sec_per_gpu` counts only tokens with a label (labels != -100) over
+the interval between two logs, so it leaves out vision tokens and prompt tokens: it is not used here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+GIB = 1024**3
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepMeter(TrainerCallback):
+    def __init__(self, out_path: str | Path, label: str = "", image_token_id: int | None = None,
+                 video_token_id: int | None = None):  # fmt: skip
+        self.out_path = Path(out_path)
+        self.label = label
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        self.pending_tokens = 0
+        self.pending_vision = 0
+        self.pending_micro_batches = 0
+        self.steps: list[dict] = []
+        self.losses: list[dict] = []
+        self.saves: list[int] = []
+        self.load_peak_gib = None
+        self._last_end = None
+        self._start_wall = time.time()
+
+    # -- token counting -------------------------------------------------------------------------
+    def count(self, inputs) -> None:
+        mask = inputs.get("attention_mask")
+        ids = inputs.get("input_ids")
+        if mask is not None:
+            self.pending_tokens += int(mask.sum())
+        elif ids is not None:
+            self.pending_tokens += int(ids.numel())
+        if ids is not None:
+            for token_id in (self.image_token_id, self.video_token_id):
+                if token_id is not None:
+                    self.pending_vision += int((ids == token_id).sum())
+        self.pending_micro_batches += 1
+
+    def wrap(self, trainer) -> None:
+        """Count the tokens of every micro-batch the trainer trains on."""
+        original = trainer.training_step
+
+        def training_step(model, inputs, *args, **kwargs):
+            self.count(inputs)
+            return original(model, inputs, *args, **kwargs)
+
+        trainer.training_step = training_step
+
+    # -- callbacks ------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():
+            self.load_peak_gib = torch.cuda.max_memory_allocated() / GIB
+            torch.cuda.reset_peak_memory_stats()
+        self.first_step = state.global_step + 1
+        self._write(state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._last_end is None:
+            _sync()
+            self._last_end = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        now = time.perf_counter()
+        self.steps.append({
+            "step": state.global_step,
+            "seconds": now - self._last_end,
+            "tokens": self.pending_tokens,
+            "vision_tokens": self.pending_vision,
+            "micro_batches": self.pending_micro_batches,
+        })  # fmt: skip
+        self._last_end = now
+        self.pending_tokens = self.pending_vision = self.pending_micro_batches = 0
+        self._write(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves.append(state.global_step)
+        self._last_end = None  # the save is not training time: restart the clock at the next step
+        self._write(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append({"step": state.global_step, "loss": float(logs["loss"])})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, finished=True)
+
+    # -- output ---------------------------------------------------------------------------------
+    def _write(self, state, finished: bool = False) -> None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        payload = {
+            "label": self.label,
+            "finished": finished,
+            "global_step": state.global_step,
+            "first_step": getattr(self, "first_step", None),
+            "steps": self.steps,
+            "losses": self.losses,
+            "saves": self.saves,
+            "load_peak_allocated_gib": self.load_peak_gib,
+            "train_peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+            "train_peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "wall_seconds_since_meter": time.time() - self._start_wall,
+        }
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(self.out_path)
+
+
+def steady_state(payload: dict, skip: int = 3) -> dict:
+    """Tokens/s over the steps of one run after its first `skip` steps (compilation, autotuning,
+    allocator warm-up) and leaving out the step timed across a checkpoint save."""
+    steps = payload["steps"][skip:]
+    steps = [s for s in steps if s["tokens"] > 0]
+    seconds = sum(s["seconds"] for s in steps)
+    tokens = sum(s["tokens"] for s in steps)
+    vision = sum(s["vision_tokens"] for s in steps)
+    return {
+        "steps": len(steps),
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds if seconds else None,
+        "vision_share": vision / tokens if tokens else None,
+        "seconds_per_step_median": sorted(s["seconds"] for s in steps)[len(steps) // 2] if steps else None,
+    }
+
+
+try:  # the Axolotl plugin (only where Axolotl is installed)
+    from axolotl.integrations.base import BasePlugin
+except ImportError:  # pragma: no cover
+    BasePlugin = object
+
+
+class ThroughputPlugin(BasePlugin):
+    """Attach `StepMeter` to Axolotl's trainer (benchmarks only)."""
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        ids = {}
+        if tokenizer is not None:
+            ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
+                   (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"))}  # fmt: skip
+        out = os.environ.get("QWENVL_BENCH_JSON") or str(Path(cfg.output_dir) / "throughput.json")
+        meter = StepMeter(out, label=os.environ.get("QWENVL_BENCH_LABEL", ""), **ids)
+        meter.wrap(trainer)
+        return [meter]
