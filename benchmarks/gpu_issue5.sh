@@ -12,7 +12,7 @@
 #   unsloth        axolotl train, qwenvl.loader: unsloth; killed after checkpoint-12, resumed to 36
 #   transformers   the same with qwenvl.loader: transformers (bitsandbytes nf4 + PEFT)
 #   unsloth_early  axolotl's train entry point with Unsloth imported before transformers, 24 steps
-# Each phase is skipped when it would not end before $ISSUE5_DEADLINE seconds (default 540).
+# Each phase is skipped when it would not end before $ISSUE5_DEADLINE seconds (default 560).
 #
 # Inputs: the carried site archive .gpu/site.tar.xz (../shared/device/gpu-site.sh) and the dataset
 # .gpu/issue5-data (benchmarks/make_gpu_dataset.py; it needs PyAV, so it is written on CPU).
@@ -25,7 +25,7 @@ OUT=${OUT:-/tmp/issue5-out}
 WORK=${ISSUE5_WORK:-/tmp/issue5}
 MODEL=${ISSUE5_MODEL:-/tmp/qwen3b}
 DATA=${ISSUE5_DATA:-$ROOT/.gpu/issue5-data/train.jsonl}
-DEADLINE=${ISSUE5_DEADLINE:-540}
+DEADLINE=${ISSUE5_DEADLINE:-560}
 PY=${PYTHON:-python3}
 CPU=${ISSUE5_CPU:-}
 SIZE=3b CPUFLAG=()
@@ -57,6 +57,7 @@ export PATH=/tmp/shim:$PATH
 
 note() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/phases.txt"; }
 fits() { [ $((SECONDS + $1)) -le "$DEADLINE" ]; }
+cap() { local left=$((DEADLINE + 30 - SECONDS)); [ "$left" -lt "$1" ] && echo "$((left > 5 ? left : 5))" || echo "$1"; }
 
 finish() {
   note "summary"
@@ -96,7 +97,7 @@ smoke() {
   fits 240 || { note "smoke skipped (time)"; return 0; }
   note "smoke: pytest -m 'gpu or unsloth' (tiny model)"
   mkdir -p "$WORK/smoke"
-  timeout 300 "$PY" -m pytest tests/test_unsloth_gpu.py tests/test_loading.py -m "gpu or unsloth" -q -x \
+  timeout "$(cap 300)" "$PY" -m pytest tests/test_unsloth_gpu.py tests/test_loading.py -m "gpu or unsloth" -q -x \
     -p no:cacheprovider --basetemp="$WORK/smoke/tmp" > "$WORK/smoke/pytest.log" 2>&1
   local rc=$?
   note "smoke rc=$rc: $(tail -1 "$WORK/smoke/pytest.log")"
@@ -105,12 +106,12 @@ smoke() {
 }
 
 standalone() {
-  fits 200 || { note "standalone skipped (time)"; return 0; }
+  fits 160 || { note "standalone skipped (time)"; return 0; }
   model || return 1
   note "standalone Unsloth (24 steps)"
   rm -rf "$WORK/standalone"
   mkdir -p "$WORK/standalone"
-  timeout 330 "$PY" benchmarks/unsloth_standalone.py --model "$MODEL" --data "$DATA" \
+  timeout "$(cap 330)" "$PY" benchmarks/unsloth_standalone.py --model "$MODEL" --data "$DATA" \
     --out "$WORK/standalone" --steps 24 > "$WORK/standalone/run.log" 2>&1
   note "standalone rc=$?: $(grep -h '^unsloth_standalone' "$WORK/standalone/run.log" | tail -1)"
 }
@@ -123,12 +124,13 @@ axolotl_path() {
   "$PY" benchmarks/issue5_config.py --loader "$loader" --model "$MODEL" --data "$DATA" --run-dir "$run" \
     --max-steps $steps --save-steps $save "${CPUFLAG[@]}" > "$run/cfg.yml"
   note "$name: preprocess"
-  timeout 150 axolotl preprocess "$run/cfg.yml" > "$run/preprocess.log" 2>&1 || { note "$name preprocess FAILED"; return 1; }
+  timeout "$(cap 150)" axolotl preprocess "$run/cfg.yml" > "$run/preprocess.log" 2>&1 || { note "$name preprocess FAILED"; return 1; }
   note "$name: train (to be killed after checkpoint-$save)"
   QWENVL_BENCH_JSON="$run/meter-1.json" QWENVL_BENCH_LABEL="$name-1" \
     setsid axolotl train "$run/cfg.yml" > "$run/train-1.log" 2>&1 &
   local pid=$! waited=0 ckpt="$run/out/checkpoint-$save"
-  while kill -0 "$pid" 2>/dev/null && [ $waited -lt 300 ]; do
+  local limit; limit=$(cap 300)
+  while kill -0 "$pid" 2>/dev/null && [ $waited -lt "$limit" ]; do
     if [ -f "$ckpt/trainer_state.json" ] && [ -f "$ckpt/rng_state.pth" ]; then sleep 3; break; fi
     sleep 1; waited=$((waited + 1))
   done
@@ -137,11 +139,11 @@ axolotl_path() {
   [ -f "$run/out/adapter_model.safetensors" ] && note "$name: WARNING the killed run had finished"
   note "$name: killed after checkpoint-$save; resuming"
   QWENVL_BENCH_JSON="$run/meter-2.json" QWENVL_BENCH_LABEL="$name-2" \
-    timeout 300 axolotl train "$run/cfg.yml" > "$run/train-2.log" 2>&1
+    timeout "$(cap 300)" axolotl train "$run/cfg.yml" > "$run/train-2.log" 2>&1
   note "$name: resumed run rc=$?"
 }
 
-unsloth_path() { fits 330 || { note "unsloth skipped (time)"; return 0; }; axolotl_path unsloth unsloth; }
+unsloth_path() { fits 320 || { note "unsloth skipped (time)"; return 0; }; axolotl_path unsloth unsloth; }
 transformers_path() { fits 360 || { note "transformers skipped (time)"; return 0; }; axolotl_path transformers transformers; }
 
 unsloth_early() {
@@ -154,7 +156,7 @@ unsloth_early() {
   if [ -d "$WORK/unsloth/prepared" ]; then cp -r "$WORK/unsloth/prepared" "$run/prepared"; fi
   note "unsloth_early: Unsloth imported before transformers (24 steps)"
   QWENVL_BENCH_JSON="$run/meter-1.json" QWENVL_BENCH_LABEL="unsloth_early" \
-    timeout 300 accelerate launch benchmarks/axolotl_train_unsloth_first.py "$run/cfg.yml" > "$run/train-1.log" 2>&1
+    timeout "$(cap 300)" accelerate launch benchmarks/axolotl_train_unsloth_first.py "$run/cfg.yml" > "$run/train-1.log" 2>&1
   note "unsloth_early rc=$?"
 }
 
@@ -169,4 +171,5 @@ for phase in "${phases[@]}"; do
     unsloth_early) unsloth_early ;;
     *) note "unknown phase $phase" ;;
   esac
+  finish > /dev/null  # results so far reach $OUT even if a later phase outruns the call
 done
