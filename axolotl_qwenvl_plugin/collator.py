@@ -20,6 +20,7 @@ import torch
 from .errors import Reason, RecordError
 from .media import load_image, read_video_frames
 from .records import IGNORE_INDEX
+from .reporting import SkipLog
 
 LOG = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class QwenVLDataCollator:
         pad_to_multiple_of: int | None = None,
         return_tensors: str = "pt",
         trust_remote_code: bool = False,
+        skip_log_dir: str | None = None,
         **_unused,
     ):
         if processor is None and processor_source is None:
@@ -57,6 +59,7 @@ class QwenVLDataCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.trust_remote_code = trust_remote_code
         self.skipped: Counter = Counter()
+        self.skip_log = SkipLog(skip_log_dir) if skip_log_dir else None
         if return_tensors != "pt":
             raise ValueError("QwenVLDataCollator only returns PyTorch tensors")
 
@@ -88,6 +91,10 @@ class QwenVLDataCollator:
                     raise
                 self.skipped[err.reason.value] += 1
                 LOG.warning("qwenvl: skipping a record at training time: %s", err)
+                if self.skip_log is not None:
+                    self.skip_log.append(
+                        "train", {"reason": err.reason.value, "message": str(err), "location": err.location}
+                    )
         if not samples:
             raise RecordError(
                 Reason.MISSING_FILE,

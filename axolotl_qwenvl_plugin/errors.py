@@ -89,3 +89,43 @@ def _rebuild_record_error(cls, reason, detail, marker, path, location) -> Record
 
 class MediaError(RecordError):
     """A media file that cannot be used (missing, empty, corrupt, wrong kind)."""
+
+
+# Exception types whose message is the whole story: shown without a traceback.
+_DATA_ERROR_NAMES = ("RecordError", "MediaError", "BadRecordsError", "QwenVLConfigError")
+
+
+def clean_data_error_message(exc: BaseException) -> str | None:
+    """The user-facing message of a data/config error, unwrapping DataLoader worker re-raises."""
+    if type(exc).__name__ in _DATA_ERROR_NAMES:
+        return str(exc)
+    text = str(exc)
+    # torch re-raises a worker's exception as "Caught MediaError in DataLoader worker process 0.
+    # Original Traceback ...": its last line is the original message.
+    if text.startswith("Caught ") and any(f"Caught {name} " in text for name in _DATA_ERROR_NAMES):
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return None
+
+
+def install_clean_exit_for_data_errors() -> None:
+    """Print data errors as one clear message and exit 1, instead of a Python traceback."""
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_qwenvl", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        message = clean_data_error_message(exc)
+        if message is None:
+            return previous(exc_type, exc, tb)
+        sys.stderr.write(
+            f"\nqwenvl: stopped on a data problem:\n{message}\n"
+            "Fix the record(s), or set `qwenvl.on_bad_record: skip`; "
+            "`axolotl-qwenvl check CONFIG` lists every problem before training.\n"
+        )
+        sys.stderr.flush()  # the interpreter then exits with status 1, as for any uncaught error
+
+    hook._qwenvl = True
+    sys.excepthook = hook

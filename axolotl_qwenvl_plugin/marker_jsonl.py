@@ -19,6 +19,7 @@ from axolotl.utils.logging import get_logger
 from .args import QwenVLConfig
 from .errors import Reason
 from .records import RecordBuilder
+from .reporting import SkipLog
 from .settings import load_processor, media_dir_for, qwenvl_settings
 
 LOG = get_logger(__name__)
@@ -32,11 +33,19 @@ class BadRecordsError(ValueError):
 
 
 class MarkerJsonlStrategy(DatasetWrappingStrategy):
-    def __init__(self, builder: RecordBuilder, data_file: str, raw_lines: bool, excess_length: str):
+    def __init__(
+        self,
+        builder: RecordBuilder,
+        data_file: str,
+        raw_lines: bool,
+        excess_length: str,
+        skip_log: SkipLog | None = None,
+    ):
         self.builder = builder
         self.data_file = data_file
         self.raw_lines = raw_lines
         self.excess_length = excess_length
+        self.skip_log = skip_log
 
     def wrap_dataset(self, dataset, process_count: int | None = None, keep_in_memory: bool | None = False, **kwargs):
         prepared = dataset.map(
@@ -69,6 +78,8 @@ class MarkerJsonlStrategy(DatasetWrappingStrategy):
             if self.excess_length == "raise":
                 raise BadRecordsError(_listing(too_long, "record(s) exceed sequence_len (excess_length_strategy: raise)"))
             LOG.warning(_listing(too_long, f"of {total} record(s) are longer than sequence_len and were dropped"))
+        if self.skip_log is not None and policy == "skip":
+            self.skip_log.replace_stage("preprocess", self.data_file, bad)
         if not bad:
             return
         if policy == "error":
@@ -110,4 +121,5 @@ def load(tokenizer, cfg, ds_cfg=None, processor=None) -> MarkerJsonlStrategy:
         data_file=data_file,
         raw_lines=ds_cfg.get("ds_type") == "text",
         excess_length=(cfg.excess_length_strategy or "drop").lower(),
+        skip_log=SkipLog(cfg.output_dir) if cfg.get("output_dir") else None,
     )
