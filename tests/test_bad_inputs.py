@@ -18,6 +18,7 @@ import torch
 from bad_corpus import QWENVL_SETTINGS, SEQUENCE_LEN, STRATEGY, build_bad_corpus
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from expected import pad_runs
 from media_factory import write_image, write_video
 
 from axolotl_qwenvl_plugin.args import QwenVLConfig
@@ -246,7 +247,7 @@ def test_random_valid_records_give_exact_batches(records, sequence_len, image_po
         n = len(row["input_ids"])
         assert ids[:n].tolist() == row["input_ids"] and batch["attention_mask"][index].sum() == n
         # Each run of pads is one image; its length is what the processor's grid says, in order.
-        for run in _runs(ids[:n].tolist(), image_pad):
+        for run in pad_runs(ids[:n], image_pad):
             t, h, w = next(grids)
             assert run == t * h * w // 4
         assert (batch["labels"][index][ids == image_pad] == IGNORE_INDEX).all()
@@ -259,12 +260,3 @@ def _texts(record: dict) -> list[str]:
     return [record[key] for key in ("text", "prompt", "completion") if key in record]
 
 
-def _runs(ids: list[int], token: int) -> list[int]:
-    runs, count = [], 0
-    for value in ids + [None]:
-        if value == token:
-            count += 1
-        elif count:
-            runs.append(count)
-            count = 0
-    return runs

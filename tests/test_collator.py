@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from expected import pad_runs, process_planned_video
 from media_factory import frame_index_from_pixels, write_image, write_video
 from PIL import Image
 
@@ -70,18 +71,6 @@ def tid(tokenizer, token: str) -> int:
     return tokenizer.convert_tokens_to_ids(token)
 
 
-def pad_runs(row_ids: torch.Tensor, token_id: int) -> list[int]:
-    """Lengths of maximal runs of `token_id` in one row, left to right."""
-    runs, count = [], 0
-    for value in row_ids.tolist() + [None]:
-        if value == token_id:
-            count += 1
-        elif count:
-            runs.append(count)
-            count = 0
-    return runs
-
-
 def processed_image(processor, path):
     with Image.open(path) as image:
         image = image.convert("RGB")
@@ -91,25 +80,7 @@ def processed_image(processor, path):
 
 
 def processed_video(processor, path, plan):
-    from transformers.video_utils import VideoMetadata
-
-    frames = read_video_frames(Path(path), plan["frame_indices"])
-    metadata = VideoMetadata(
-        total_num_frames=plan["total_frames"],
-        fps=plan["fps"],
-        width=64,
-        height=48,
-        frames_indices=plan["frame_indices"],
-    )
-    return processor.video_processor(
-        videos=[frames],
-        video_metadata=[metadata],
-        do_sample_frames=False,
-        min_pixels=VIDEO_MIN_PIXELS,
-        max_pixels=VIDEO_MAX_PIXELS,
-        cap_pixels_per_frame=False,
-        return_tensors="pt",
-    )
+    return process_planned_video(processor, path, plan, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
 
 
 MIXED_RECORDS = [

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from expected import process_planned_video
 from media_factory import write_image, write_video
 from PIL import Image
 
@@ -428,27 +429,7 @@ def _expected_frames(processor, total, fps, *, min_frames=4, max_frames=768, vid
 
 def _video_pads(processor, path, plan, *, min_pixels, max_pixels):
     """Pad count from the video processor itself, on frames decoded at the plan's indices."""
-    from transformers.video_utils import VideoMetadata
-
-    from axolotl_qwenvl_plugin.media import read_video_frames
-
-    frames = read_video_frames(Path(path), plan["frame_indices"])
-    metadata = VideoMetadata(
-        total_num_frames=plan["total_frames"],
-        fps=plan["fps"],
-        width=64,
-        height=48,
-        frames_indices=plan["frame_indices"],
-    )
-    grid = processor.video_processor(
-        videos=[frames],
-        video_metadata=[metadata],
-        do_sample_frames=False,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        cap_pixels_per_frame=False,
-        return_tensors="pt",
-    )["video_grid_thw"]
+    grid = process_planned_video(processor, path, plan, min_pixels=min_pixels, max_pixels=max_pixels)["video_grid_thw"]
     assert grid[0, 0] == len(plan["frame_indices"]) // 2
     return int(grid.prod()) // 4
 
