@@ -11,7 +11,10 @@
 #   standalone     benchmarks/unsloth_standalone.py (FastVisionModel + TRL, no Axolotl), 24 steps
 #   unsloth        axolotl train, qwenvl.loader: unsloth; killed after checkpoint-12, resumed to 36
 #   transformers   the same with qwenvl.loader: transformers (bitsandbytes nf4 + PEFT)
-#   unsloth_early  axolotl's train entry point with Unsloth imported before transformers, 24 steps
+#   unsloth_early  axolotl's train entry point with Unsloth imported before transformers, 16 steps
+#   unsloth_late   the same entry as `axolotl train` (Unsloth imported by the plugin), 16 steps
+#   standalone_short / standalone_late / standalone_hf
+#                  standalone, 16 steps; Unsloth imported after transformers/PEFT/TRL; HF Trainer
 # Each phase is skipped when it would not end before $ISSUE5_DEADLINE seconds (default 560).
 #
 # Inputs: the carried site archive .gpu/site.tar.xz (../shared/device/gpu-site.sh) and the dataset
@@ -105,15 +108,18 @@ smoke() {
   return $rc
 }
 
+# standalone [NAME STEPS EXTRA-ARGS...]: benchmarks/unsloth_standalone.py into $WORK/NAME
 standalone() {
-  fits 160 || { note "standalone skipped (time)"; return 0; }
+  local name=${1:-standalone} steps=${2:-24}
+  shift 2 2>/dev/null
+  fits 160 || { note "$name skipped (time)"; return 0; }
   model || return 1
-  note "standalone Unsloth (24 steps)"
-  rm -rf "$WORK/standalone"
-  mkdir -p "$WORK/standalone"
+  note "$name: standalone Unsloth ($steps steps) $*"
+  rm -rf "$WORK/$name"
+  mkdir -p "$WORK/$name"
   timeout "$(cap 330)" "$PY" benchmarks/unsloth_standalone.py --model "$MODEL" --data "$DATA" \
-    --out "$WORK/standalone" --steps 24 > "$WORK/standalone/run.log" 2>&1
-  note "standalone rc=$?: $(grep -h '^unsloth_standalone' "$WORK/standalone/run.log" | tail -1)"
+    --out "$WORK/$name" --steps "$steps" "$@" > "$WORK/$name/run.log" 2>&1
+  note "$name rc=$?: $(grep -h '^unsloth_standalone' "$WORK/$name/run.log" | tail -1)"
 }
 
 # axolotl train, killed once checkpoint-$SAVE is complete, then resumed to $STEPS
@@ -146,29 +152,40 @@ axolotl_path() {
 unsloth_path() { fits 320 || { note "unsloth skipped (time)"; return 0; }; axolotl_path unsloth unsloth; }
 transformers_path() { fits 360 || { note "transformers skipped (time)"; return 0; }; axolotl_path transformers transformers; }
 
-unsloth_early() {
-  fits 200 || { note "unsloth_early skipped (time)"; return 0; }
+# one axolotl train invocation of STEPS steps, no checkpoint: NAME LOADER STEPS early|late
+axolotl_once() {
+  local name=$1 loader=$2 steps=$3 order=$4 run="$WORK/$1"
+  fits 180 || { note "$name skipped (time)"; return 0; }
   model || return 1
-  local run="$WORK/unsloth_early"
   rm -rf "$run" && mkdir -p "$run"
-  "$PY" benchmarks/issue5_config.py --loader unsloth --model "$MODEL" --data "$DATA" --run-dir "$run" \
-    --max-steps 24 --save-steps 1000 "${CPUFLAG[@]}" > "$run/cfg.yml"
-  if [ -d "$WORK/unsloth/prepared" ]; then cp -r "$WORK/unsloth/prepared" "$run/prepared"; fi
-  note "unsloth_early: Unsloth imported before transformers (24 steps)"
-  QWENVL_BENCH_JSON="$run/meter-1.json" QWENVL_BENCH_LABEL="unsloth_early" \
-    timeout "$(cap 300)" accelerate launch benchmarks/axolotl_train_unsloth_first.py "$run/cfg.yml" > "$run/train-1.log" 2>&1
-  note "unsloth_early rc=$?"
+  "$PY" benchmarks/issue5_config.py --loader "$loader" --model "$MODEL" --data "$DATA" --run-dir "$run" \
+    --max-steps "$steps" --save-steps 1000 "${CPUFLAG[@]}" > "$run/cfg.yml"
+  local prepared; prepared=$(ls -d "$WORK"/*/prepared 2>/dev/null | head -1)
+  [ -n "$prepared" ] && cp -r "$prepared" "$run/prepared"
+  note "$name: axolotl train, loader $loader, Unsloth imported $order ($steps steps)"
+  if [ "$order" = early ]; then
+    QWENVL_BENCH_JSON="$run/meter-1.json" QWENVL_BENCH_LABEL="$name" \
+      timeout "$(cap 300)" accelerate launch benchmarks/axolotl_train_unsloth_first.py "$run/cfg.yml" > "$run/train-1.log" 2>&1
+  else
+    QWENVL_BENCH_JSON="$run/meter-1.json" QWENVL_BENCH_LABEL="$name" \
+      timeout "$(cap 300)" axolotl train "$run/cfg.yml" > "$run/train-1.log" 2>&1
+  fi
+  note "$name rc=$?"
 }
 
 phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(smoke standalone unsloth transformers unsloth_early)
+[ ${#phases[@]} -eq 0 ] && phases=(smoke standalone unsloth transformers unsloth_early unsloth_late)
 for phase in "${phases[@]}"; do
   case $phase in
     smoke) smoke || note "smoke failed (see smoke/pytest.log in logs.tar.xz); going on" ;;
-    standalone) standalone ;;
+    standalone) standalone standalone 24 ;;
+    standalone_short) standalone standalone_short 16 ;;
+    standalone_late) standalone standalone_late 16 --late-import ;;
+    standalone_hf) standalone standalone_hf 16 --trainer hf ;;
     unsloth) unsloth_path ;;
     transformers) transformers_path ;;
-    unsloth_early) unsloth_early ;;
+    unsloth_early) axolotl_once unsloth_early unsloth 16 early ;;
+    unsloth_late) axolotl_once unsloth_late unsloth 16 late ;;
     *) note "unknown phase $phase" ;;
   esac
   finish > /dev/null  # results so far reach $OUT even if a later phase outruns the call

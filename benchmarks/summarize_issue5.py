@@ -92,25 +92,33 @@ def standalone_run(run: Path) -> dict | None:
         summary = steady_state(payload) | {"peak_allocated_gib": _peak([payload]),
                                            "losses": [e["loss"] for e in payload["losses"]]}  # fmt: skip
     result = {"path": run.name, "throughput": {k: summary.get(k) for k in (
-        "steps", "seconds", "tokens", "tokens_per_s", "vision_share", "seconds_per_step_median")}}  # fmt: skip
+        "steps", "seconds", "tokens", "tokens_per_s", "vision_share", "seconds_per_step_median",
+        "in_step_share")}}  # fmt: skip
     result["peak_allocated_gib"] = summary.get("peak_allocated_gib")
     result["trainer"] = summary.get("trainer")
+    result["late_import"] = summary.get("late_import")
     result.update(_loss_summary(summary.get("losses") or []))
     return result
 
 
 LABELS = {
-    "standalone": "standalone Unsloth 4-bit (FastVisionModel + TRL, no Axolotl)",
-    "unsloth": "plugin `qwenvl.loader: unsloth` via `axolotl train`",
-    "unsloth_early": "plugin `loader: unsloth`, Unsloth imported before transformers",
-    "transformers": "plugin `qwenvl.loader: transformers` (bnb nf4 + PEFT) via `axolotl train`",
+    "standalone": "standalone Unsloth 4-bit (FastVisionModel + TRL SFTTrainer, no Axolotl)",
+    "standalone_short": "standalone Unsloth, 16 steps",
+    "standalone_late": "standalone Unsloth, imported after transformers/PEFT/TRL, 16 steps",
+    "standalone_hf": "standalone Unsloth with transformers' Trainer, 16 steps",
+    "unsloth": "plugin `qwenvl.loader: unsloth` via `axolotl train` (kill + resume)",
+    "unsloth_late": "plugin `loader: unsloth` via `axolotl train`, 16 steps",
+    "unsloth_early": "plugin `loader: unsloth`, Unsloth imported before transformers, 16 steps",
+    "transformers": "plugin `qwenvl.loader: transformers` (bnb nf4 + PEFT) via `axolotl train` (kill + resume)",
 }
+AXOLOTL_RUNS = ("unsloth", "unsloth_late", "unsloth_early", "transformers")
+STANDALONE_RUNS = ("standalone", "standalone_short", "standalone_late", "standalone_hf")
 
 
 def table(results: dict) -> str:
-    rows = ["| path | tokens/s (steady) | s/step (median) | steps timed | peak alloc GiB | loss first -> last | resume | adapter |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for key in ("standalone", "unsloth", "unsloth_early", "transformers"):
+    rows = ["| path | tokens/s (steady) | s/step (median) | in-step share | steps timed | peak alloc GiB | loss first -> last | resume | adapter |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key in LABELS:
         r = results.get(key)
         if not r:
             continue
@@ -121,7 +129,8 @@ def table(results: dict) -> str:
         loss = (f"{r['loss_first']:.2f} -> {r['loss_last']:.2f}" if "loss_first" in r else "-")
         resume = {True: "continues", False: "BROKEN", None: "-"}[r.get("resume_continues_step_counter")]
         adapter = {True: "yes", False: "NO", None: "-"}[r.get("adapter_exists")]
-        rows.append(f"| {LABELS[key]} | {tps} | {sps} | {t.get('steps', '-')} | {peak} | {loss} | {resume} | {adapter} |")
+        share = f"{t['in_step_share']:.0%}" if t.get("in_step_share") else "-"
+        rows.append(f"| {LABELS[key]} | {tps} | {sps} | {share} | {t.get('steps', '-')} | {peak} | {loss} | {resume} | {adapter} |")
     return "\n".join(rows)
 
 
@@ -133,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work)
     results = {}
-    for name in ("unsloth", "unsloth_early", "transformers"):
+    for name in AXOLOTL_RUNS:
         r = axolotl_run(work / name)
         if r:
             results[name] = r
-    r = standalone_run(work / "standalone")
-    if r:
-        results["standalone"] = r
+    for name in STANDALONE_RUNS:
+        r = standalone_run(work / name)
+        if r:
+            results[name] = r
     text = table(results)
     print(text)
     if args.json:

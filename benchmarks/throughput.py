@@ -3,6 +3,8 @@
 * `StepMeter`: a transformers `TrainerCallback`. Per optimizer step it records the wall time since
   the previous step ended (so data loading, logging and the optimizer are included; the first
   interval is timed from `on_step_begin`), the tokens the step trained on and the losses logged.
+  `step_seconds` is the part between `on_step_begin` and `on_step_end` (forward, backward,
+  optimizer), so the rest of an interval is data loading, callbacks and logging.
   Tokens are counted by wrapping `trainer.training_step`: `attention_mask.sum()` of each
   micro-batch, i.e. text tokens plus vision tokens (the `<|image_pad|>` / `<|video_pad|>`
   positions the LLM runs over), padding excluded; vision tokens are also counted apart.
@@ -92,9 +94,10 @@ class StepMeter(TrainerCallback):
         self._write(state)
 
     def on_step_begin(self, args, state, control, **kwargs):
+        _sync()
+        self._begin = time.perf_counter()
         if self._last_end is None:
-            _sync()
-            self._last_end = time.perf_counter()
+            self._last_end = self._begin
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync()
@@ -102,6 +105,8 @@ class StepMeter(TrainerCallback):
         self.steps.append({
             "step": state.global_step,
             "seconds": now - self._last_end,
+            # forward + backward + optimizer; the rest of `seconds` is data loading, callbacks, logging
+            "step_seconds": now - self._begin,
             "tokens": self.pending_tokens,
             "vision_tokens": self.pending_vision,
             "micro_batches": self.pending_micro_batches,
@@ -153,6 +158,7 @@ def steady_state(payload: dict, skip: int = 3) -> dict:
     steps = payload["steps"][skip:]
     steps = [s for s in steps if s["tokens"] > 0]
     seconds = sum(s["seconds"] for s in steps)
+    step_seconds = sum(s.get("step_seconds", 0.0) for s in steps)
     tokens = sum(s["tokens"] for s in steps)
     vision = sum(s["vision_tokens"] for s in steps)
     return {
@@ -162,6 +168,8 @@ def steady_state(payload: dict, skip: int = 3) -> dict:
         "tokens_per_s": tokens / seconds if seconds else None,
         "vision_share": vision / tokens if tokens else None,
         "seconds_per_step_median": sorted(s["seconds"] for s in steps)[len(steps) // 2] if steps else None,
+        # share of the wall time spent between on_step_begin and on_step_end (the rest: data, logging)
+        "in_step_share": step_seconds / seconds if seconds else None,
     }
 
 

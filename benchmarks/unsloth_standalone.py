@@ -20,12 +20,21 @@ import os
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+
+if "--late-import" in sys.argv:
+    # The import order an Axolotl plugin gets: transformers, PEFT and TRL are already imported
+    # (axolotl.cli.config imports them before any plugin) when Unsloth is imported.
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    from transformers import Trainer  # noqa: F401
+
 import unsloth  # noqa: E402,F401  first: Unsloth patches transformers/TRL/PEFT on import
 from unsloth import FastVisionModel  # noqa: E402
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--trainer", choices=("sft", "hf"), default="sft")
+    parser.add_argument("--late-import", action="store_true",
+                        help="import transformers, PEFT and TRL before Unsloth (as inside Axolotl)")
     args = parser.parse_args(argv)
 
     import torch
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer.state.save_to_json(str(out / "trainer_state.json"))
 
     payload = json.loads((out / "throughput.json").read_text())
-    summary = {"trainer": used, "torch": torch.__version__, "unsloth": unsloth.__version__,
+    summary = {"trainer": used, "late_import": args.late_import, "torch": torch.__version__,
+               "unsloth": unsloth.__version__,
                **steady_state(payload),
                "peak_allocated_gib": max(filter(None, [payload["load_peak_allocated_gib"],
                                                        payload["train_peak_allocated_gib"]])),
