@@ -82,10 +82,19 @@ class StepMeter(TrainerCallback):
             return original(model, inputs, *args, **kwargs)
 
         trainer.training_step = training_step
+        self.trainer = trainer
 
     # -- callbacks ------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         import torch
+
+        try:
+            fingerprint = training_fingerprint(getattr(self, "trainer", None), model, args)
+        except Exception as err:  # diagnostics must never stop a run
+            fingerprint = {"error": repr(err)}
+        self.out_path.with_name(self.out_path.stem + "-fingerprint.json").write_text(
+            json.dumps(fingerprint, indent=1, default=str)
+        )
 
         if torch.cuda.is_available():
             self.load_peak_gib = torch.cuda.max_memory_allocated() / GIB
@@ -150,6 +159,98 @@ class StepMeter(TrainerCallback):
         tmp = self.out_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         tmp.replace(self.out_path)
+
+
+def _fn(obj) -> str:
+    obj = getattr(obj, "__func__", obj)
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def training_fingerprint(trainer, model, args) -> dict:
+    """What decides speed in an Unsloth run, to diff two runs: which trainer methods and forwards
+    are active (Unsloth's patched ones or not), checkpointing functions, dtypes, env switches."""
+    import collections
+    import sys
+
+    import torch
+
+    out: dict = {}
+    if trainer is not None:
+        cls = type(trainer)
+        out["trainer_mro"] = [c.__name__ for c in cls.__mro__[:12]]
+        for name in ("training_step", "compute_loss", "_inner_training_loop", "train", "create_optimizer",
+                     "get_train_dataloader", "log"):  # fmt: skip
+            out[f"trainer.{name}"] = _fn(getattr(cls, name, None))
+        out["trainer.model_accepts_loss_kwargs"] = getattr(trainer, "model_accepts_loss_kwargs", None)
+        out["trainer.optimizer"] = type(getattr(trainer, "optimizer", None)).__name__
+        out["callbacks"] = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+        acc = getattr(trainer, "accelerator", None)
+        if acc is not None:
+            out["accelerator.mixed_precision"] = acc.mixed_precision
+            out["accelerator.non_blocking"] = getattr(getattr(acc, "dataloader_config", None), "non_blocking", None)
+    keys = ("gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "tf32", "optim",
+            "torch_compile", "max_grad_norm", "dataloader_num_workers", "dataloader_pin_memory",
+            "dataloader_prefetch_factor", "average_tokens_across_devices", "include_tkps",
+            "include_num_input_tokens_seen", "torch_empty_cache_steps", "group_by_length", "eval_strategy",
+            "logging_steps", "save_strategy", "ddp_find_unused_parameters", "label_smoothing_factor",
+            "loss_type", "padding_free", "use_liger_kernel", "neftune_noise_alpha")  # fmt: skip
+    out["args"] = {k: getattr(args, k, "<absent>") for k in keys}
+    if model is not None:
+        out["model_type"] = type(model).__name__
+        mods = dict(model.named_modules())
+        def first(suffix):
+            return next(((n, m) for n, m in mods.items() if n.endswith(suffix)), (None, None))
+        for suffix in ("language_model.layers.0", "language_model.layers.0.self_attn",
+                       "language_model.layers.0.mlp", "language_model.layers.0.self_attn.q_proj",
+                       "language_model.layers.0.mlp.down_proj", "language_model.layers.0.input_layernorm",
+                       "language_model", "visual", "lm_head", "visual.blocks.0"):  # fmt: skip
+            name, module = first(suffix)
+            if module is None:
+                continue
+            info = {"name": name, "class": f"{type(module).__module__}.{type(module).__qualname__}",
+                    "forward": _fn(type(module).forward),
+                    "instance_forward": _fn(module.__dict__["forward"]) if "forward" in module.__dict__ else None,
+                    "training": module.training}  # fmt: skip
+            for attr in ("gradient_checkpointing", "_gradient_checkpointing_func", "_attn_implementation"):
+                if attr in module.__dict__ or hasattr(module, attr):
+                    info[attr] = repr(getattr(module, attr, None))[:200]
+            params = list(module.parameters(recurse=False))
+            info["param_dtypes"] = sorted({str(p.dtype) for p in params})
+            out[f"module:{suffix}"] = info
+        dtypes = collections.Counter()
+        trainable = collections.Counter()
+        for p in model.parameters():
+            dtypes[str(p.dtype)] += p.numel()
+            if p.requires_grad:
+                trainable[str(p.dtype)] += p.numel()
+        out["param_numel_by_dtype"] = dict(dtypes)
+        out["trainable_numel_by_dtype"] = dict(trainable)
+        config = getattr(model, "config", None)
+        out["config._attn_implementation"] = getattr(config, "_attn_implementation", None)
+        out["config.use_cache"] = getattr(config, "use_cache", None)
+        base = model
+        for _ in range(4):
+            base = getattr(base, "model", None) or getattr(base, "base_model", None) or base
+        out["is_gradient_checkpointing"] = getattr(model, "is_gradient_checkpointing", None)
+        out["_unsloth_gradient_checkpointing"] = repr(getattr(model, "_unsloth_gradient_checkpointing", None))
+        loss_fn = getattr(model, "loss_function", None)
+        out["loss_function"] = _fn(loss_fn) if loss_fn is not None else None
+        out["model.forward"] = _fn(type(model).forward)
+    out["env"] = {k: v for k, v in os.environ.items() if k.startswith(("UNSLOTH", "TORCH", "PYTORCH", "ACCELERATE", "CUDA"))}
+    out["torch.backends"] = {"matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                             "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                             "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                             "bf16_reduced": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction}  # fmt: skip
+    out["torch.utils.checkpoint.checkpoint"] = _fn(torch.utils.checkpoint.checkpoint)
+    try:
+        import transformers.modeling_utils as mu
+
+        out["transformers.modeling_utils.checkpoint"] = _fn(getattr(mu, "checkpoint", None))
+    except Exception:
+        pass
+    out["compiled_cache_modules"] = sorted(m for m in sys.modules if "unsloth_compiled" in m)[:40]
+    out["threads"] = torch.get_num_threads()
+    return out
 
 
 def steady_state(payload: dict, skip: int = 3) -> dict:
