@@ -48,7 +48,7 @@ def _loss_summary(losses: list[float]) -> dict:
 def axolotl_run(run: Path) -> dict | None:
     if not run.exists():
         return None
-    meters = sorted(run.glob("meter-*.json"))
+    meters = sorted(m for m in run.glob("meter-*.json") if not m.stem.endswith("fingerprint"))
     payloads = [_load(m) for m in meters]
     payloads = [p for p in payloads if p]
     result: dict = {"path": run.name, "invocations": len(payloads)}
