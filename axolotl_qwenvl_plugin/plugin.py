@@ -93,19 +93,23 @@ def apply_loader_keys(cfg: dict, *, cuda_available: bool | None = None, unsloth_
     if unsloth_installed is None:
         unsloth_installed = loading.unsloth_installed()
     # `axolotl preprocess` / `inference` / `merge-lora` never load through Unsloth (the plugin's
-    # ModelLoader patch only takes the training load), so a CPU box can still preprocess or
-    # merge for a `loader: unsloth` config.
-    check = loading.check_loader_supported if is_training_command(cfg) else loading.resolve_loader
+    # ModelLoader patch only takes the training load), so a CPU box can still preprocess, run
+    # inference on or merge the adapter of a `loader: unsloth` config, and the keys that only
+    # the Unsloth training load refuses (e.g. `lora_model_dir`, which merges use) are left alone.
+    training = is_training_command(cfg)
+    check = loading.check_loader_supported if training else loading.resolve_loader
     try:
         loader = check(
             settings.loader, cuda_available=cuda_available, unsloth_installed=unsloth_installed
         )
-        problems = loading.axolotl_keys_for_loader(cfg, loader, settings)
+        problems = []
+        if training or loader == "transformers":
+            problems = loading.axolotl_keys_for_loader(cfg, loader, settings)
     except ValueError as err:
         raise QwenVLConfigError(f"qwenvl plugin: {err}") from None
     if problems:
         raise QwenVLConfigError("qwenvl plugin: " + "; ".join(problems))
-    if loader == "unsloth":
+    if loader == "unsloth" and training:
         loading.request_unsloth_logits(cfg)
     return loader
 

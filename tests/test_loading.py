@@ -664,11 +664,69 @@ def test_only_training_commands_need_the_unsloth_loader_to_run_here(cfg, argv, t
     assert is_training_command(cfg, argv) is training
 
 
-def test_preprocessing_an_unsloth_config_on_cpu_is_allowed():
+def test_preprocessing_or_merging_an_unsloth_config_on_cpu_is_allowed():
     from axolotl_qwenvl_plugin.plugin import apply_loader_keys
 
     cfg = {"adapter": "qlora", "load_in_4bit": True, "is_preprocess": True, "qwenvl": {"loader": "unsloth"}}
     assert apply_loader_keys(cfg, cuda_available=False, unsloth_installed=False) == "unsloth"
+    # merge-lora points lora_model_dir at the adapter: refused for Unsloth training, fine here
+    cfg = {"adapter": "qlora", "merge_lora": True, "lora_model_dir": "out", "qwenvl": {"loader": "unsloth"}}
+    assert apply_loader_keys(cfg, cuda_available=False, unsloth_installed=False) == "unsloth"
+
+
+@pytest.mark.slow
+def test_merge_lora_of_an_unsloth_style_adapter_on_cpu(tmp_path, tiny_model_dir):
+    """`axolotl merge-lora` of a `loader: unsloth` config on a machine without GPU: the adapter
+    has the form FastVisionModel.get_peft_model saves (seen on the GPU run: a regex
+    `target_modules`, rslora, an `unsloth_fixed` auto_mapping), and the merged weights carry it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "out"
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, use_rslora=True, init_lora_weights=False,
+                        target_modules=lora_target_regex(False, True, True, True, targets))  # fmt: skip
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out)
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    adapter_config["auto_mapping"] = {"base_model_class": "Qwen2_5_VLForConditionalGeneration",
+                                      "parent_library": "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+                                      "unsloth_fixed": True}  # fmt: skip
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
+    expected = peft_model.merge_and_unload().state_dict()
+
+    path = _write_loader_config(
+        tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"}, adapter="qlora", load_in_4bit=True,
+        lora_r=8, lora_alpha=16, lora_target_modules=targets, peft_use_rslora=True,
+    )  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AXOLOTL_DO_NOT_TRACK="1",
+               CUDA_VISIBLE_DEVICES="")  # fmt: skip
+    axolotl = Path(sys.executable).parent / "axolotl"
+    proc = subprocess.run([str(axolotl), "merge-lora", str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "FastVisionModel" not in log
+    merged = {}
+    for shard in (out / "merged").glob("*.safetensors"):
+        merged.update(load_file(shard))
+    # the merged checkpoint keeps the original file's key names (model.layers.N...)
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    key = next(k for k in merged if k.endswith("layers.0.self_attn.q_proj.weight"))
+    original = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).state_dict()[name]
+    got, want, base = merged[key].float(), expected[name].float(), original.float()
+    # a qlora merge rounds the base through NF4 first (Axolotl's simulate_nf4), so compare the
+    # LoRA delta's direction rather than exact values: the merge moved the weight toward base+BA
+    assert (got - want).norm() < 0.5 * (got - base).norm(), "the adapter was not merged"
+    assert torch.nn.functional.cosine_similarity((got - base).flatten(), (want - base).flatten(), dim=0) > 0.9
 
 
 def test_fp16_is_passed_to_unsloth_and_bf16_left_to_its_auto_choice(tmp_path):
