@@ -13,6 +13,8 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from .args import QwenVLConfig
+from .errors import install_clean_exit_for_data_errors
+from .reporting import SkipLog
 
 LOG = get_logger(__name__)
 
@@ -38,6 +40,7 @@ class QwenVLPlugin(BasePlugin):
         """
         apply_required_axolotl_keys(cfg)
         apply_loader_keys(cfg)
+        install_clean_exit_for_data_errors()
 
     def pre_model_load(self, cfg):
         """With `qwenvl.loader` resolving to unsloth, route Axolotl's ModelLoader through
@@ -61,6 +64,17 @@ class QwenVLPlugin(BasePlugin):
         dataset = trainer.train_dataset
         if dataset is not None and hasattr(dataset, "__len__"):
             LOG.info("qwenvl: training on %d records", len(dataset))
+        if cfg.output_dir:
+            SkipLog(cfg.output_dir).clear_stage("train")  # this run's collator skips start at zero
+
+    def post_train(self, cfg, model):
+        # Axolotl calls this hook twice; the summary is the same both times, so log it once.
+        if getattr(self, "_skip_summary_logged", False) or not cfg.output_dir:
+            return
+        self._skip_summary_logged = True
+        summary = SkipLog(cfg.output_dir).summary()
+        if summary:
+            LOG.warning(summary)
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         from .collator import QwenVLDataCollator
@@ -71,6 +85,7 @@ class QwenVLPlugin(BasePlugin):
             "processor_source": processor_source(cfg),
             "on_bad_record": settings.on_bad_record,
             "trust_remote_code": bool(cfg.trust_remote_code),
+            "skip_log_dir": str(cfg.output_dir) if cfg.output_dir and settings.on_bad_record == "skip" else None,
         }
 
 
@@ -156,14 +171,14 @@ def apply_required_axolotl_keys(cfg: dict) -> None:
         )
 
     # Row i of a `.jsonl` file must be line i + 1, so load it as text lines and parse them here.
-    for index, ds in enumerate(cfg.get("datasets") or []):
+    for ds in [*(cfg.get("datasets") or []), *(cfg.get("test_datasets") or [])]:
         if not hasattr(ds, "get") or ds.get("type") != STRATEGY:
             continue
         path = str(ds.get("path") or "")
         if path.endswith(".jsonl") and ds.get("ds_type") in (None, "json"):
             ds["ds_type"] = "text"
         elif ds.get("ds_type") == "text" and not path.endswith(".jsonl"):
-            problems.append(f"datasets[{index}]: `ds_type: text` is reserved for marker .jsonl files")
+            problems.append(f"dataset {path}: `ds_type: text` is reserved for marker .jsonl files")
 
     # Trained embeddings / lm_head move far more per step than LoRA factors: give them a 10x
     # lower learning rate unless the user chose one (Axolotl applies it as a param group).

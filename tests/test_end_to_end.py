@@ -143,6 +143,9 @@ def test_preprocess_then_train_learns_and_saves_adapter(tmp_path, tiny_model_dir
     assert "qwenvl: preparing" not in train_log
     assert "Loading prepared dataset from disk" in train_log
     assert f"qwenvl: training on {VALID_RECORDS} records" in train_log
+    # The end of the run says how many records were skipped and why (from preprocessing's list).
+    assert "qwenvl: 2 record(s) skipped under on_bad_record: skip (preprocess: 2)" in train_log
+    assert "invalid_json=1" in train_log and "missing_file=1" in train_log
 
     out = tmp_path / "out"
     for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "tokenizer.json"):

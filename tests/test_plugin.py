@@ -128,6 +128,12 @@ def test_register_keeps_a_chosen_embedding_learning_rate():
     assert "embedding_lr_scale" not in cfg  # nothing to scale when embeddings are frozen
 
 
+def test_register_reads_marker_test_datasets_as_lines_too():
+    cfg = _raw_cfg(test_datasets=[{"path": "data/eval.jsonl", "type": "axolotl_qwenvl_plugin.marker_jsonl"}])
+    apply_required_axolotl_keys(cfg)
+    assert cfg["test_datasets"][0]["ds_type"] == "text"
+
+
 def test_register_leaves_other_datasets_alone():
     cfg = _raw_cfg()
     cfg["datasets"].append({"path": "other.jsonl", "type": "chat_template"})
