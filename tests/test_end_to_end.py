@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import trainer_state
 from media_factory import write_image, write_video
 
 pytestmark = pytest.mark.slow
@@ -120,12 +121,6 @@ def write_config(root: Path, tiny_model_dir: Path, data: Path, **overrides) -> P
     path = root / "cfg.yml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def trainer_state(output_dir: Path) -> dict:
-    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    assert states, f"no checkpoint under {output_dir}"
-    return json.loads(states[-1].read_text())
 
 
 def test_preprocess_then_train_learns_and_saves_adapter(tmp_path, tiny_model_dir):

@@ -13,6 +13,7 @@ import os
 import re
 
 import pytest
+from helpers import write_minimal_config
 
 from axolotl_qwenvl_plugin import loading
 from axolotl_qwenvl_plugin.args import Loader, QwenVLConfig
@@ -555,33 +556,6 @@ def test_loader_patch_on_a_real_model_loader_subclass(monkeypatch):
 # -- the loader through Axolotl's config loader (register), CPU -----------------------------------
 
 
-def _write_loader_config(tmp_path, tiny_model_dir, **overrides):
-    import yaml
-
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"text": "hello"}\n')
-    cfg = {
-        "base_model": str(tiny_model_dir),
-        "plugins": ["axolotl_qwenvl_plugin.QwenVLPlugin"],
-        "datasets": [{"path": str(data), "type": "axolotl_qwenvl_plugin.marker_jsonl"}],
-        "sequence_len": 256,
-        "micro_batch_size": 1,
-        "num_epochs": 1,
-        "learning_rate": 1e-4,
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "output_dir": str(tmp_path / "out"),
-        "bf16": False,
-        "fp16": False,
-        "qwenvl": {},
-    }
-    cfg.update(overrides)
-    path = tmp_path / "cfg.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def _no_cuda():
     return not loading.cuda_available()
 
@@ -593,7 +567,7 @@ def test_unsloth_loader_is_refused_at_config_time_on_cpu(tmp_path, tiny_model_di
 
     from axolotl_qwenvl_plugin.plugin import QwenVLConfigError
 
-    path = _write_loader_config(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"}, **adapter)
+    path = write_minimal_config(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"}, **adapter)
     with pytest.raises(QwenVLConfigError) as error:
         load_cfg(str(path))
     message = str(error.value)
@@ -608,7 +582,7 @@ def test_auto_loader_on_cpu_resolves_to_transformers(tmp_path, tiny_model_dir):
     from axolotl.integrations.base import PluginManager
     from axolotl.loaders import ModelLoader
 
-    path = _write_loader_config(
+    path = write_minimal_config(
         tmp_path, tiny_model_dir, qwenvl={"loader": "auto", "finetune_vision_layers": True},
         lora_target_modules=["q_proj", "qkv"],
     )  # fmt: skip
@@ -703,7 +677,7 @@ def test_merge_lora_of_an_unsloth_style_adapter_on_cpu(tmp_path, tiny_model_dir)
     (out / "adapter_config.json").write_text(json.dumps(adapter_config))
     expected = peft_model.merge_and_unload().state_dict()
 
-    path = _write_loader_config(
+    path = write_minimal_config(
         tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"}, adapter="qlora", load_in_4bit=True,
         lora_r=8, lora_alpha=16, lora_target_modules=targets, peft_use_rslora=True,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import yaml
+from helpers import write_minimal_config
 from pydantic import ValidationError
 
 from axolotl_qwenvl_plugin.args import TOKEN_PIXELS, QwenVLArgs, QwenVLConfig
@@ -160,29 +160,8 @@ def test_register_refuses_contradicting_keys(extra, fragment):
 
 
 def _write_config(tmp_path, tiny_model_dir, **overrides):
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"text": "hello"}\n')
-    cfg = {
-        "base_model": str(tiny_model_dir),
-        "plugins": ["axolotl_qwenvl_plugin.QwenVLPlugin"],
-        "datasets": [{"path": str(data), "type": "axolotl_qwenvl_plugin.marker_jsonl"}],
-        "sequence_len": 256,
-        "micro_batch_size": 1,
-        "num_epochs": 1,
-        "learning_rate": 1e-4,
-        "adapter": "lora",
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_target_modules": ["q_proj"],
-        "output_dir": str(tmp_path / "out"),
-        "bf16": False,
-        "fp16": False,
-        "qwenvl": {"video_fps": 1.0, "on_bad_record": "skip"},
-    }
-    cfg.update(overrides)
-    path = tmp_path / "cfg.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    settings = {"lora_target_modules": ["q_proj"], "qwenvl": {"video_fps": 1.0, "on_bad_record": "skip"}}
+    return write_minimal_config(tmp_path, tiny_model_dir, **{**settings, **overrides})
 
 
 def test_plugin_loads_through_axolotl_load_cfg(tmp_path, tiny_model_dir):

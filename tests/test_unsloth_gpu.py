@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import trainer_state
 import yaml
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -146,12 +147,6 @@ def _config(root: Path, model: Path, data: Path, **overrides) -> Path:
     return path
 
 
-def _state(out: Path) -> dict:
-    states = sorted(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    assert states, f"no checkpoint under {out}"
-    return json.loads(states[-1].read_text())
-
-
 def test_unsloth_loader_trains_resumes_and_merges(tmp_path, tiny_model_dir):
     data = _dataset(tmp_path)
     cfg = _config(tmp_path, tiny_model_dir, data)
@@ -165,7 +160,7 @@ def test_unsloth_loader_trains_resumes_and_merges(tmp_path, tiny_model_dir):
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and adapter["use_rslora"] is True
-    state = _state(out)
+    state = trainer_state(out)
     assert state["global_step"] == 30
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -175,7 +170,7 @@ def test_unsloth_loader_trains_resumes_and_merges(tmp_path, tiny_model_dir):
     cfg = _config(tmp_path, tiny_model_dir, data, max_steps=40)
     log = _axolotl("train", str(cfg), cwd=tmp_path)
     assert UNSLOTH_LORA_LINE in log
-    state = _state(out)
+    state = trainer_state(out)
     assert state["global_step"] == 40
     steps = [e["step"] for e in state["log_history"] if "loss" in e]
     assert steps == list(range(1, 41)), "the resumed run did not continue the step counter"
