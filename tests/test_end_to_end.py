@@ -221,3 +221,29 @@ def test_merge_lora_then_generate_from_image(tmp_path, tiny_model_dir):
     new_tokens = generated[0, inputs["input_ids"].shape[1] :]
     assert len(new_tokens) > 0
     assert isinstance(processor.decode(new_tokens), str)
+
+
+def test_media_deleted_after_preprocess_stops_training_with_the_record_named(tmp_path, tiny_model_dir):
+    media = tmp_path / "media"
+    write_image(media / "kept.png", 56, 56, seed=0)
+    write_image(media / "gone.png", 84, 56, seed=1)
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        json.dumps({"text": "first <image_no_1>", "images": ["media/kept.png"]})
+        + "\n"
+        + json.dumps({"text": "second <image_no_1>", "images": ["media/gone.png"]})
+        + "\n"
+    )
+    cfg = write_config(tmp_path, tiny_model_dir, data, num_epochs=1, qwenvl={"loader": "transformers", "on_bad_record": "error"})
+    run_axolotl("preprocess", str(cfg), cwd=tmp_path)
+    (media / "gone.png").unlink()  # unreadable between preprocess and train
+
+    proc = subprocess.run(
+        axolotl_cmd("train", str(cfg)), cwd=tmp_path, env=axolotl_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "qwenvl: stopped on a data problem:" in output
+    assert f"{data}:2: missing_file:" in output
+    assert "(marker <image_no_1>, path" in output and "gone.png" in output
+    assert "Caught MediaError" not in output  # the worker's re-raise is unwrapped, not dumped
