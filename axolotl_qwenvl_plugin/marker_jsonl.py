@@ -65,8 +65,10 @@ class MarkerJsonlStrategy(DatasetWrappingStrategy):
     def _prepare_row(self, row: dict, index: int) -> dict:
         if self.raw_lines:
             return self.builder.build_line(row["text"], f"{self.data_file}:{index + 1}")
-        # Rows that Axolotl already parsed (parquet, hub, JSON arrays): no line numbers exist.
-        return self.builder.build_line(json.dumps(row), f"{self.data_file}[row {index}]")
+        # Rows that Axolotl already parsed (parquet, hub, JSON arrays): no line numbers exist, and
+        # Arrow fills keys a record lacks with None (a `messages` row gets `text: None`): drop them.
+        record = {key: value for key, value in row.items() if value is not None}
+        return self.builder.build_line(json.dumps(record), f"{self.data_file}[row {index}]")
 
     def _report(self, errors: list[dict], total: int) -> None:
         too_long = [e for e in errors if e["reason"] == Reason.TOO_LONG.value]
