@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .args import QwenVLConfig
 from .budget import plan_image, plan_video
-from .errors import MediaError, Reason, RecordError
+from .errors import Reason, RecordError
 from .markers import Marker, MediaRef, markers_in, resolve_media, split_markers
 from .media import ImageInfo, VideoInfo, probe_image, probe_video
 
@@ -31,8 +31,6 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 _SENTINEL = "\u2063qwenvl-assistant-turn\u2063"  # never occurs in real text
 _END_OF_TURN = "<|im_end|>"
 
-# A record has exactly one of these shapes; the keys say which.
-SHAPES = ("text", "prompt+completion", "messages")
 
 
 @dataclass(frozen=True)
