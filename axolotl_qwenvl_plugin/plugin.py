@@ -38,6 +38,7 @@ class QwenVLPlugin(BasePlugin):
 
         Runs on the raw config, before Axolotl validates it.
         """
+        resolve_config_relative_paths(cfg)
         apply_required_axolotl_keys(cfg)
         apply_loader_keys(cfg)
         install_clean_exit_for_data_errors()
@@ -143,6 +144,147 @@ def is_training_command(cfg, argv: list[str] | None = None) -> bool:
         return False
     script = Path(argv[0]).stem if argv else ""
     return script not in {name.replace("-", "_") for name in _NON_TRAINING_COMMANDS}
+
+
+# Axolotl keys naming a model folder when one exists there, else a Hugging Face Hub id.
+_MODEL_PATH_KEYS = ("base_model", "base_model_config", "tokenizer_config", "processor_config")
+# A dataset `path` with one of these endings is a file, never a Hub id, so a missing one is an error.
+_DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt")
+# Commands that never read the training data: a dataset missing on this machine is not their problem.
+_NO_DATASET_COMMANDS = (
+    "inference", "merge-lora", "merge_lora", "quantize", "vllm-serve", "vllm_serve",
+    "merge-sharded-fsdp-weights", "merge_sharded_fsdp_weights",
+)  # fmt: skip
+
+
+def resolve_config_relative_paths(cfg: dict, argv: list[str] | None = None) -> None:
+    """Make a config's relative input paths mean the same from any working directory.
+
+    Axolotl opens `datasets[].path`, `test_datasets[].path`, their `data_files` and a local
+    `base_model` / `base_model_config` / `tokenizer_config` / `processor_config` relative to the
+    current directory. A committed config should not depend on where it is run from, so each
+    relative one is looked up, in this order:
+
+    1. next to the config file (`axolotl_config_path`, which `load_cfg` records before any plugin's
+       `register`): when it exists there, the key is rewritten to that absolute path (left as
+       written when the current directory is that same folder);
+    2. from the current directory, as Axolotl does: kept as written, with one info line, so configs
+       written for Axolotl's rule (e.g. run from a repository root) keep working;
+    3. found neither way: left alone when it may be a Hub id (`Qwen/Qwen2.5-VL-7B-Instruct`,
+       `org/dataset`); a clear error naming the key, the config file and both places looked when
+       it can only be local (a dataset path ending in a data-file suffix such as `.jsonl`, or
+       anything that is not a valid Hub id, e.g. `./x`, `../x`, `a/b/c`, `.cache/model`).
+       `axolotl inference` / `merge-lora` do not read the datasets, so for them a missing dataset
+       file only warns.
+
+    `data_files` are resolved only for a dataset whose `path` is a local folder (for a Hub dataset
+    they are paths inside the Hub repository). Absolute paths, `~` paths and URLs
+    (`s3://`, `https://`) are never touched, nor is anything when the config has no file of its own
+    (a dict handed to `load_cfg`).
+
+    Output paths (`output_dir`, `dataset_prepared_path`, `lora_model_dir`,
+    `resume_from_checkpoint`) keep Axolotl's meaning, relative to the current directory, also
+    when written `./outputs/...`: that is how every Axolotl example and user reads them, the run's
+    outputs belong to where it is run rather than into a folder of committed configs, and
+    `axolotl merge-lora` / `inference` find `output_dir` where `train` wrote it. `qwenvl.media_dir`
+    resolves against the config's folder (settings.media_dir_for).
+    """
+    from .settings import config_file
+
+    config = config_file(cfg)
+    if config is None:
+        return
+    folder, cwd = config.parent, Path.cwd()
+    reads_datasets = _reads_datasets(cfg, argv)
+    problems: list[str] = []
+
+    def resolve(where: str, value, *, data_file: bool = False, required: bool = True):
+        if not isinstance(value, str) or not value or value.startswith("~") or "://" in value:
+            return value
+        path = Path(value)
+        if path.is_absolute():
+            return value
+        beside_config, from_cwd = folder / path, cwd / path
+        if beside_config.exists():
+            if from_cwd.exists() and _same_file(beside_config, from_cwd):
+                return value
+            if from_cwd.exists():
+                LOG.warning(
+                    "qwenvl: %s %r resolves against the config's folder: %s (not %s of the current directory)",
+                    where, value, beside_config.resolve(), from_cwd,
+                )  # fmt: skip
+            return str(beside_config.resolve())
+        if from_cwd.exists():
+            LOG.info(
+                "qwenvl: %s %r is not in the config's folder %s; using it from the current directory %s, as Axolotl does",
+                where, value, folder, cwd,
+            )  # fmt: skip
+            return value
+        if _looks_local(value, data_file=data_file):
+            message = (
+                f"{where}: {value!r} not found, neither next to the config file {config} ({beside_config}) "
+                f"nor from the current directory ({from_cwd})"
+            )
+            if required:
+                problems.append(message)
+            else:
+                LOG.warning("qwenvl: %s", message)
+        return value
+
+    for key in _MODEL_PATH_KEYS:
+        if cfg.get(key) is not None:
+            cfg[key] = resolve(key, cfg.get(key))
+    for list_key in ("datasets", "test_datasets"):
+        for index, ds in enumerate(cfg.get(list_key) or []):
+            if not hasattr(ds, "get") or ds.get("path") is None:
+                continue
+            where = f"{list_key}[{index}]"
+            ds["path"] = resolve(f"{where}.path", ds.get("path"), data_file=True, required=reads_datasets)
+            data_files = ds.get("data_files")
+            if data_files is None or not Path(str(ds["path"])).is_dir():
+                continue
+            if isinstance(data_files, str):
+                ds["data_files"] = resolve(f"{where}.data_files", data_files, required=False)
+            elif isinstance(data_files, list):
+                ds["data_files"] = [
+                    resolve(f"{where}.data_files[{n}]", item, required=False) for n, item in enumerate(data_files)
+                ]
+    if problems:
+        raise QwenVLConfigError(
+            "qwenvl plugin: " + "; ".join(problems) + ". Relative input paths are looked up next to the "
+            "config file first, then from the current directory"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _looks_local(value: str, *, data_file: bool) -> bool:
+    """True when `value` cannot be a Hugging Face Hub id, so it can only name a local path."""
+    if data_file and value.lower().endswith(_DATA_FILE_SUFFIXES):
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _reads_datasets(cfg, argv: list[str] | None = None) -> bool:
+    """False for the commands that never open the training data (inference, merge-lora, ...)."""
+    if cfg.get("inference") or cfg.get("merge_lora"):
+        return False
+    argv = sys.argv if argv is None else argv
+    if len(argv) > 1 and argv[1] in _NO_DATASET_COMMANDS:  # `axolotl inference cfg.yml`
+        return False
+    script = Path(argv[0]).stem if argv else ""  # `accelerate launch -m axolotl.cli.inference`
+    return script not in {name.replace("-", "_") for name in _NO_DATASET_COMMANDS}
 
 
 def apply_required_axolotl_keys(cfg: dict) -> None:

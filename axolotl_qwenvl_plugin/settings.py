@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from .args import QwenVLConfig
@@ -15,10 +16,30 @@ def qwenvl_settings(cfg) -> QwenVLConfig:
     return QwenVLConfig(**dict(block or {}))
 
 
-def config_dir(cfg) -> Path:
-    """The folder of the YAML file, which relative plugin paths are resolved against."""
+def config_file(cfg) -> Path | None:
+    """The YAML file the config was read from, or None when it has no file of its own.
+
+    Axolotl's `load_cfg` records the file as `axolotl_config_path` before any plugin's `register`
+    runs. A config handed to `load_cfg` as a dict gets a throw-away copy in the temp folder
+    (`axolotl_config_*.yml`): that folder says nothing about where the paths point, so it counts
+    as no file.
+    """
     path = cfg.get("axolotl_config_path") if hasattr(cfg, "get") else None
-    return Path(path).resolve().parent if path else Path.cwd()
+    if not path:
+        return None
+    path = Path(path).expanduser().resolve()
+    if path.name.startswith(_AXOLOTL_TEMP_PREFIX) and path.parent == Path(tempfile.gettempdir()).resolve():
+        return None
+    return path
+
+
+_AXOLOTL_TEMP_PREFIX = "axolotl_config_"  # axolotl.cli.config.load_cfg's NamedTemporaryFile prefix
+
+
+def config_dir(cfg) -> Path:
+    """The folder of the YAML file, which relative plugin paths are resolved against (else the cwd)."""
+    path = config_file(cfg)
+    return path.parent if path else Path.cwd()
 
 
 def media_dir_for(cfg, settings: QwenVLConfig, data_file: str) -> Path:
@@ -29,8 +50,23 @@ def media_dir_for(cfg, settings: QwenVLConfig, data_file: str) -> Path:
     return Path(data_file).expanduser().resolve().parent
 
 
+def beside_config(value: str, cfg) -> str:
+    """`value` read as the plugin reads relative input paths: next to the config file when it exists
+    there (returned absolute), else unchanged (Axolotl's reading, from the current directory, or a
+    Hub id). `plugin.resolve_config_relative_paths` applies the same rule to the whole config."""
+    path = Path(value)
+    config = config_file(cfg)
+    if config is None or not value or value.startswith("~") or "://" in value or path.is_absolute():
+        return value
+    candidate = config.parent / path
+    return str(candidate.resolve()) if candidate.exists() else value
+
+
 def processor_source(cfg) -> str:
-    return str(cfg.get("processor_config") or cfg.get("base_model_config") or cfg.get("base_model"))
+    """Where the processor loads from; a relative local folder as `register` resolves it, so a
+    config that was not through `register` (e.g. `axolotl-qwenvl check`) finds the same one."""
+    source = str(cfg.get("processor_config") or cfg.get("base_model_config") or cfg.get("base_model"))
+    return beside_config(source, cfg)
 
 
 def load_processor(cfg, tokenizer=None):

@@ -34,7 +34,7 @@ def test_example_config_validates(config_path: Path, tiny_model_dir, tmp_path, m
 
 
 def test_demo_data_is_shipped():
-    raw = yaml.safe_load((REPO_ROOT / "example_configs/qwenvl-tiny.yml").read_text())
-    data = REPO_ROOT / raw["datasets"][0]["path"]
+    config = REPO_ROOT / "example_configs/qwenvl-tiny.yml"
+    data = config.parent / yaml.safe_load(config.read_text())["datasets"][0]["path"]  # relative to the config
     lines = data.read_text().splitlines()
     assert 20 <= len(lines) <= 40
