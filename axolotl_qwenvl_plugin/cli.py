@@ -22,6 +22,21 @@ record is left; 2 for usage and configuration errors, printed as one line.
 Only the tokenizer and processor are loaded, never model weights, so it runs on CPU. Memory stays
 bounded however long the file is: only counters, length histograms (one counter per distinct
 length), the first `--max-listed` problems and one cache entry per distinct media file are kept.
+
+Converting data (details in `convert.py`)
+-----------------------------------------
+
+    axolotl-qwenvl convert IN OUT.jsonl [--from auto|llava|sharegpt|openai] [--media-root DIR]
+                                        [--check-media] [--on-bad-record error|skip]
+    axolotl-qwenvl export IN.jsonl OUT --to sharegpt|openai [--on-bad-record error|skip]
+
+`convert` turns LLaVA, LLaMA-Factory sharegpt and OpenAI-style chat records (`.jsonl`, or a `.json`
+array) into marker JSONL: `<image>` / `<video>` placeholders and content parts become
+`<image_no_N>` / `<video_no_N>`, and every output record is parsed again with the plugin's own
+record and marker rules. `export` writes marker `messages` records back as sharegpt or OpenAI-style
+records. Both list every bad record as `FILE:LINE: reason: detail` on stderr and print a one-line
+summary on stdout; exit status 0 when OUT is written, 1 when bad records under
+`--on-bad-record error` (the default; nothing is written) or no record is left, 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -65,13 +80,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return run_check(Path(args.config), max_listed=args.max_listed, progress=None if args.progress else False)
+        if args.command == "check":
+            return run_check(Path(args.config), max_listed=args.max_listed, progress=None if args.progress else False)
+        return _run_conversion(args)
     except UsageError as err:
-        print(f"{PROG} check: error: {err}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG} check: interrupted", file=sys.stderr)
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_conversion(args: argparse.Namespace) -> int:
+    from . import convert  # imported on use: it imports this module for UsageError
+
+    progress = None if args.progress else False
+    if args.command == "convert":
+        return convert.convert_file(
+            args.input, args.output, fmt=args.source_format, media_root=args.media_root,
+            check_media=args.check_media, on_bad_record=args.on_bad_record, max_listed=args.max_listed,
+            progress=progress,
+        )  # fmt: skip
+    return convert.export_file(
+        args.input, args.output, to=args.to, on_bad_record=args.on_bad_record, max_listed=args.max_listed,
+        progress=progress,
+    )  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -95,7 +128,65 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (by default shown on a terminal)"
     )
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert LLaVA, LLaMA-Factory sharegpt or OpenAI-style chat data to marker JSONL",
+        description="Convert LLaVA, LLaMA-Factory sharegpt or OpenAI-style chat records (JSONL, or a .json array) "
+        "to marker JSONL. Every bad record is listed as FILE:LINE: reason: detail. Exit status: 0 written, "
+        "1 bad records under --on-bad-record error (nothing written) or none left, 2 usage error.",
+    )
+    convert.add_argument("input", metavar="IN", help="input records: .jsonl, or a .json array")
+    convert.add_argument("output", metavar="OUT.jsonl", help="marker JSONL to write (replaced only when the run succeeds)")
+    convert.add_argument(
+        "--from",
+        dest="source_format",
+        choices=("auto", "llava", "sharegpt", "openai"),
+        default="auto",
+        help="input format (default auto: detected per record)",
+    )
+    convert.add_argument(
+        "--media-root",
+        metavar="DIR",
+        help="the input's relative media paths are relative to DIR: rewrite them relative to OUT's folder "
+        "(default: keep paths as written)",
+    )
+    convert.add_argument(
+        "--check-media", action="store_true", help="also check that every media file exists (a missing one is a bad record)"
+    )
+    _add_common_options(convert)
+
+    export = commands.add_parser(
+        "export",
+        help="write marker JSONL `messages` records as LLaMA-Factory sharegpt or OpenAI-style records",
+        description="Write the `messages` records of a marker JSONL file as sharegpt records (<image>/<video> "
+        "placeholders) or OpenAI-style content lists. OUT ending in .json is a JSON array, else JSONL. "
+        "Exit status: 0 written, 1 bad records under --on-bad-record error (nothing written), 2 usage error.",
+    )
+    export.add_argument("input", metavar="IN.jsonl", help="marker JSONL")
+    export.add_argument("output", metavar="OUT", help="file to write: .json (array) or .jsonl")
+    export.add_argument("--to", required=True, choices=("sharegpt", "openai"), help="output format")
+    _add_common_options(export)
     return parser
+
+
+def _add_common_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--on-bad-record",
+        choices=("error", "skip"),
+        default="error",
+        help="error (default): list every bad record and write nothing; skip: write the good records, list the bad",
+    )
+    command.add_argument(
+        "--max-listed",
+        type=int,
+        default=DEFAULT_MAX_LISTED,
+        metavar="N",
+        help=f"list at most N bad records (all are counted; default {DEFAULT_MAX_LISTED})",
+    )
+    command.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (by default shown on a terminal)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ config
