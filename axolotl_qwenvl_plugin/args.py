@@ -26,6 +26,12 @@ class BadRecordPolicy(str, Enum):
     SKIP = "skip"
 
 
+class MediaFreeBatchPadding(str, Enum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
 class Loader(str, Enum):
     AUTO = "auto"
     UNSLOTH = "unsloth"
@@ -105,6 +111,20 @@ class QwenVLConfig(BaseModel):
         default=BadRecordPolicy.ERROR,
         description="`error`: stop before training and list every bad record (FILE:LINE). "
         "`skip`: drop bad records, count them by reason and report.",
+    )
+
+    # -- multi-GPU -------------------------------------------------------------------------------
+    pad_media_free_batches: MediaFreeBatchPadding = Field(
+        default=MediaFreeBatchPadding.AUTO,
+        description="A batch with no image or video skips the vision tower, so under multi-GPU "
+        "training the ranks disagree on which parameters ran: DDP with "
+        "`finetune_vision_layers` hangs in the gradient all-reduce, DeepSpeed ZeRO-3 and FSDP "
+        "hang in the vision tower's all-gathers. `auto`: when training is distributed "
+        "(more than one process), the collator appends a masked 28x28 blank image (one vision "
+        "token, attention mask 0, labels -100) to one record of such a batch, so every rank "
+        "runs the vision tower and the loss and gradients are unchanged. `always`: also on one "
+        "process (the vision LoRA then gets zero gradients instead of none on such steps, so "
+        "the optimizer's momentum still moves it, as under DDP). `never`: off.",
     )
 
     # -- model loading ---------------------------------------------------------------------------

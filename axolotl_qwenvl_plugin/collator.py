@@ -5,12 +5,27 @@ Runs inside DataLoader workers. Records arrive already tokenized with their exac
 pixel bounds it was budgeted with, and its grid is checked against the pads it was given: a wrong
 count never reaches the model. The batch also carries `mm_token_type_ids`, without which
 transformers silently skips Qwen2.5-VL's 3D (M-RoPE) positions.
+
+Multi-GPU: a batch with no image or video never runs the vision tower, while another rank's batch
+does, and the ranks then disagree on which parameters took part in the step. DDP with a trainable
+vision tower (`finetune_vision_layers`) hangs: the rank with media waits in a gradient all-reduce
+that the other never starts, since it got no vision gradients (`ddp_find_unused_parameters: true`
+avoids that at the cost of a graph walk every step); DeepSpeed ZeRO-3 and FSDP hang in the vision
+tower's all-gathers. Under distributed training such a batch gets a placeholder image, as in
+LLaMA-Factory's "fake image": the smallest image the processor makes (28x28, one vision token) is
+appended after the last real token of the shortest record as `<|vision_start|><|image_pad|>
+<|vision_end|>`, with attention mask 0 and labels -100. Real tokens never see it (it comes after
+them under a causal mask, and is masked besides), the loss ignores it, and M-RoPE positions of
+real tokens are unchanged (transformers' `get_rope_index` skips masked tokens, and it comes after
+every real token anyway), so the loss and every gradient are those of the batch without it; only
+the vision tower also runs, on one blank image, and contributes zero gradients.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +41,28 @@ LOG = logging.getLogger(__name__)
 
 # mm_token_type_ids values understood by transformers' Qwen2.5-VL get_rope_index.
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+
+# The placeholder image of a media-free batch: one 28x28 square is 2x2 patches of 14, merged 2x2
+# into a single vision token, the least the processor can make.
+PLACEHOLDER_IMAGE_SIDE = 28
+PAD_MEDIA_FREE_BATCHES = ("auto", "always", "never")
+
+
+def distributed_world_size() -> int:
+    """How many processes train together: the process group's size when one is up (also in a
+    forked DataLoader worker), else the launcher's `WORLD_SIZE` (torchrun / accelerate set it in
+    every rank and spawned workers inherit it)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
 
 
 class QwenVLDataCollator:
@@ -48,6 +85,7 @@ class QwenVLDataCollator:
         return_tensors: str = "pt",
         trust_remote_code: bool = False,
         skip_log_dir: str | None = None,
+        pad_media_free_batches: str = "auto",
         **_unused,
     ):
         if processor is None and processor_source is None:
@@ -62,6 +100,14 @@ class QwenVLDataCollator:
         self.skip_log = SkipLog(skip_log_dir) if skip_log_dir else None
         if return_tensors != "pt":
             raise ValueError("QwenVLDataCollator only returns PyTorch tensors")
+        pad_media_free_batches = getattr(pad_media_free_batches, "value", pad_media_free_batches)
+        if pad_media_free_batches not in PAD_MEDIA_FREE_BATCHES:
+            raise ValueError(
+                f"pad_media_free_batches must be one of {', '.join(PAD_MEDIA_FREE_BATCHES)}, "
+                f"not {pad_media_free_batches!r}"
+            )
+        self.pad_media_free_batches = pad_media_free_batches
+        self._placeholder = None  # the processed placeholder image, made on first use
 
     @property
     def processor(self):
@@ -78,7 +124,14 @@ class QwenVLDataCollator:
         state = dict(self.__dict__)
         if self.processor_source is not None:
             state["_processor"] = None
+            state["_placeholder"] = None
         return state
+
+    def pads_media_free_batches(self) -> bool:
+        """Whether a batch without media gets the placeholder image (see the module docstring)."""
+        if self.pad_media_free_batches == "auto":
+            return distributed_world_size() > 1
+        return self.pad_media_free_batches == "always"
 
     # -- batch ----------------------------------------------------------------------------------
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -100,9 +153,43 @@ class QwenVLDataCollator:
                 Reason.MISSING_FILE,
                 "every record of this batch had unreadable media; run `axolotl-qwenvl check CONFIG`",
             )
-        batch = self._pad([feature for feature, _ in samples])
-        batch.update(_concat_media([media for _, media in samples]))
+        features = [feature for feature, _ in samples]
+        media = _concat_media([media for _, media in samples])
+        if media or not self.pads_media_free_batches():
+            batch = self._pad(features)
+            batch.update(media)
+            return batch
+        # No image or video anywhere in the batch: run the vision tower on a masked placeholder.
+        placeholder = self.placeholder_image()
+        row = min(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        batch = self._pad(features, tail_row=row, tail_ids=placeholder["input_ids"])
+        batch["pixel_values"] = placeholder["pixel_values"]
+        batch["image_grid_thw"] = placeholder["image_grid_thw"]
         return batch
+
+    def placeholder_image(self) -> dict:
+        """Ids, pixels and grid of the blank image that stands in for media in a media-free batch."""
+        if self._placeholder is None:
+            from PIL import Image
+
+            side = PLACEHOLDER_IMAGE_SIDE
+            out = self.processor.image_processor(
+                images=[Image.new("RGB", (side, side))],
+                min_pixels=side * side,
+                max_pixels=side * side,
+                return_tensors="pt",
+            )
+            grid = out["image_grid_thw"].long()
+            num_pads = int(grid.prod()) // self.processor.image_processor.merge_size**2
+            token = self.tokenizer.convert_tokens_to_ids
+            self._placeholder = {
+                "input_ids": [token("<|vision_start|>")]
+                + [token("<|image_pad|>")] * num_pads
+                + [token("<|vision_end|>")],
+                "pixel_values": out["pixel_values"],
+                "image_grid_thw": grid,
+            }
+        return self._placeholder
 
     def _encode_media(self, feature: dict) -> dict[str, list]:
         location = feature.get("qwenvl_location") or "record"
@@ -196,8 +283,13 @@ class QwenVLDataCollator:
         return out, video_processor.temporal_patch_size / metadata.sampled_fps
 
     # -- padding --------------------------------------------------------------------------------
-    def _pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
+    def _pad(
+        self, features: list[dict], *, tail_row: int | None = None, tail_ids: list[int] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Right-pad the records into one batch. `tail_ids` (the placeholder image) go right after
+        the real tokens of row `tail_row`, inside its padding: attention mask 0, labels -100."""
+        lengths = [len(f["input_ids"]) + (len(tail_ids) if row == tail_row else 0) for row, f in enumerate(features)]
+        longest = max(lengths)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad_id = self.tokenizer.pad_token_id
@@ -217,6 +309,13 @@ class QwenVLDataCollator:
         mm_token_type_ids[input_ids == image_id] = IMAGE_TYPE
         mm_token_type_ids[input_ids == video_id] = VIDEO_TYPE
         mm_token_type_ids[attention_mask == 0] = TEXT_TYPE
+        if tail_row is not None:
+            # Masked like padding, but typed like the image it is: ids and types agree for any
+            # consumer that counts image tokens without the attention mask.
+            start = len(features[tail_row]["input_ids"])
+            tail = torch.as_tensor(list(tail_ids), dtype=torch.long)
+            input_ids[tail_row, start : start + len(tail)] = tail
+            mm_token_type_ids[tail_row, start : start + len(tail)][tail == image_id] = IMAGE_TYPE
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

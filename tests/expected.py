@@ -41,3 +41,13 @@ def process_planned_video(processor, path, plan, *, min_pixels: int, max_pixels:
         cap_pixels_per_frame=False,
         return_tensors="pt",
     )
+
+
+def blank_image_inputs(processor, side: int = 28):
+    """The image processor's output for a black `side` x `side` image held at exactly that size:
+    what a media-free batch's placeholder image must carry (28x28 is one merged vision token)."""
+    from PIL import Image
+
+    return processor.image_processor(
+        images=[Image.new("RGB", (side, side))], min_pixels=side * side, max_pixels=side * side, return_tensors="pt"
+    )

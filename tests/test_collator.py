@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from expected import pad_runs, process_planned_video
+from expected import blank_image_inputs, pad_runs, process_planned_video
 from media_factory import frame_index_from_pixels, write_image, write_video
 from PIL import Image
 
 from axolotl_qwenvl_plugin.args import QwenVLConfig
-from axolotl_qwenvl_plugin.collator import QwenVLDataCollator
+from axolotl_qwenvl_plugin.collator import QwenVLDataCollator, distributed_world_size
 from axolotl_qwenvl_plugin.errors import Reason, RecordError
 from axolotl_qwenvl_plugin.media import read_video_frames
 from axolotl_qwenvl_plugin.records import IGNORE_INDEX, RecordBuilder
@@ -437,3 +437,199 @@ def test_record_error_pickles_with_location():
     error = RecordError(Reason.GRID_MISMATCH, "bad", marker="<image_no_1>", path="a.png", location="d.jsonl:2")
     clone = pickle.loads(pickle.dumps(error))
     assert (clone.reason, clone.location, str(clone)) == (error.reason, error.location, str(error))
+
+
+# ------------------------------------------------------------------ media-free batches (multi-GPU)
+# A batch without media skips the vision tower; under DDP/ZeRO-3/FSDP the other ranks then wait
+# for it. Such a batch gets a masked one-token placeholder image; none of this may change the loss.
+
+TEXT_ONLY_RECORDS = [
+    {"text": "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs."},
+    {"prompt": "Question: how many?", "completion": " Three."},
+    {
+        "messages": [
+            {"role": "user", "content": "Describe the picture."},
+            {"role": "assistant", "content": "A red square on a blue background."},
+        ]
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def text_rows(media, tokenizer, processor):
+    builder = make_builder(tokenizer, processor, media)
+    rows = [prepare(builder, record, line) for line, record in enumerate(TEXT_ONLY_RECORDS, start=10)]
+    assert all(json.loads(row["qwenvl_media"] or "[]") == [] for row in rows)
+    return rows
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed_world_size() == 1
+
+
+def collate(tokenizer, processor, rows, mode, **kwargs):
+    return QwenVLDataCollator(tokenizer, processor=processor, pad_media_free_batches=mode, **kwargs)(rows)
+
+
+def test_media_free_batch_left_alone_on_one_process(text_rows, tokenizer, processor, single_process):
+    default = QwenVLDataCollator(tokenizer, processor=processor)(text_rows)
+    never = collate(tokenizer, processor, text_rows, "never")
+    assert set(default) == set(never) == {"input_ids", "attention_mask", "labels", "mm_token_type_ids"}
+    for key in default:
+        assert torch.equal(default[key], never[key]), key
+
+
+@pytest.mark.parametrize(
+    "mode, world_size, padded",
+    [("auto", "2", True), ("auto", "1", False), ("never", "2", False), ("always", "1", True), ("always", "2", True)],
+)
+def test_when_the_placeholder_is_added(text_rows, tokenizer, processor, monkeypatch, mode, world_size, padded):
+    monkeypatch.setenv("WORLD_SIZE", world_size)  # what torchrun / accelerate launch set in every rank
+    batch = collate(tokenizer, processor, text_rows, mode)
+    assert ("pixel_values" in batch) is padded
+    assert ("image_grid_thw" in batch) is padded
+
+
+def test_placeholder_layout(text_rows, tokenizer, processor, single_process):
+    plain = collate(tokenizer, processor, text_rows, "never")
+    batch = collate(tokenizer, processor, text_rows, "always")
+    lengths = [len(row["input_ids"]) for row in text_rows]
+    shortest = lengths.index(min(lengths))
+    placeholder = [tid(tokenizer, "<|vision_start|>"), tid(tokenizer, "<|image_pad|>"), tid(tokenizer, "<|vision_end|>")]
+
+    # One 28x28 image, one vision token, exactly what the processor makes of a blank 28x28 image.
+    expected = blank_image_inputs(processor)
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2]] == expected["image_grid_thw"].tolist()
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    assert "pixel_values_videos" not in batch and "video_grid_thw" not in batch
+
+    width = max(max(lengths), lengths[shortest] + len(placeholder))
+    assert batch["input_ids"].shape == (len(text_rows), width)
+    for row, n in enumerate(lengths):
+        # Every real token, label and mask is untouched.
+        for key in ("input_ids", "labels", "attention_mask", "mm_token_type_ids"):
+            assert torch.equal(batch[key][row, :n], plain[key][row, :n]), (key, row)
+        tail = slice(n, n + len(placeholder))
+        if row == shortest:
+            assert batch["input_ids"][row, tail].tolist() == placeholder  # right after the last real token
+            assert batch["mm_token_type_ids"][row, tail].tolist() == [0, 1, 0]  # types follow the ids
+        else:
+            assert (batch["input_ids"][row, n:] == tokenizer.pad_token_id).all()
+        assert (batch["attention_mask"][row, n:] == 0).all()
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+    # The placeholder's pads are the batch's only image tokens, and the model finds them by id.
+    assert pad_runs(batch["input_ids"].flatten(), tid(tokenizer, "<|image_pad|>")) == [1]
+
+
+def test_placeholder_widens_a_full_batch_and_respects_pad_to_multiple_of(text_rows, tokenizer, processor, single_process):
+    row = text_rows[0]
+    n = len(row["input_ids"])
+    assert collate(tokenizer, processor, [row], "always")["input_ids"].shape == (1, n + 3)
+    batch = collate(tokenizer, processor, [row], "always", pad_to_multiple_of=64)
+    assert batch["input_ids"].shape == (1, math.ceil((n + 3) / 64) * 64)
+    assert batch["attention_mask"].sum().item() == n
+
+
+def test_batch_with_media_never_gets_a_placeholder(mixed_rows, mixed_batch, tokenizer, processor):
+    for rows in (mixed_rows, mixed_rows[2:]):  # images and videos; videos only
+        batch = collate(tokenizer, processor, rows, "always")
+        reference = collate(tokenizer, processor, rows, "never")
+        assert set(batch) == set(reference)
+        for key in reference:
+            assert torch.equal(batch[key], reference[key]), key
+
+
+def test_placeholder_is_made_once_and_not_pickled(text_rows, tokenizer, tiny_model_dir, single_process):
+    collator = QwenVLDataCollator(tokenizer, processor_source=str(tiny_model_dir), pad_media_free_batches="always")
+    first = collator(text_rows)
+    made = collator._placeholder
+    assert made is not None
+    collator(text_rows)
+    assert collator._placeholder is made
+    clone = pickle.loads(pickle.dumps(collator))
+    assert clone._placeholder is None and clone.pad_media_free_batches == "always"
+    second = clone(text_rows)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_pad_media_free_batches_setting():
+    assert QwenVLConfig().pad_media_free_batches == "auto"
+    assert QwenVLConfig(pad_media_free_batches="never").pad_media_free_batches == "never"
+    with pytest.raises(ValueError, match="pad_media_free_batches"):
+        QwenVLConfig(pad_media_free_batches="sometimes")
+    with pytest.raises(ValueError, match="pad_media_free_batches"):
+        QwenVLDataCollator(object(), processor=object(), pad_media_free_batches="sometimes")
+    # The collator takes the setting as the config holds it, enum or string.
+    from axolotl_qwenvl_plugin.args import MediaFreeBatchPadding
+
+    collator = QwenVLDataCollator(object(), processor=object(), pad_media_free_batches=MediaFreeBatchPadding.NEVER)
+    assert collator.pad_media_free_batches == "never"
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_model_dir):
+    """Vision and language LoRA (`finetune_vision_layers: true`), with non-zero B so every factor gets a gradient."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from axolotl_qwenvl_plugin.loading import lora_target_regex
+
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, target_modules=lora_target_regex(True, True, True, True))
+    model = get_peft_model(base, config)
+    model.train()
+    return model
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return out, grads
+
+
+def test_placeholder_changes_neither_loss_nor_gradients(lora_model, text_rows, tokenizer, processor, single_process):
+    plain = collate(tokenizer, processor, text_rows, "never")
+    padded = collate(tokenizer, processor, text_rows, "always")
+    out_plain, grads_plain = loss_and_grads(lora_model, plain)
+    out_padded, grads_padded = loss_and_grads(lora_model, padded)
+
+    assert torch.isfinite(out_plain.loss)
+    assert out_padded.loss.item() == pytest.approx(out_plain.loss.item(), rel=1e-6, abs=1e-6)
+    # The logits of every real token are the same (positions, attention and embeddings unchanged).
+    for row, n in enumerate(plain["attention_mask"].sum(1).tolist()):
+        torch.testing.assert_close(out_padded.logits[row, :n], out_plain.logits[row, :n], rtol=1e-5, atol=1e-5)
+
+    vision = sorted(name for name in grads_plain if ".visual." in name)
+    language = sorted(name for name in grads_plain if ".visual." not in name)
+    assert vision and language and all("lora_" in name for name in vision + language)
+    for name in language:
+        assert grads_plain[name] is not None and grads_plain[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_padded[name], grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    # What DDP needs: without the placeholder the vision LoRA gets no gradient at all (the
+    # parameters did not take part in the step); with it every one has a gradient, exactly zero.
+    assert all(grads_plain[name] is None for name in vision)
+    for name in vision:
+        assert grads_padded[name] is not None, name
+        assert torch.count_nonzero(grads_padded[name]) == 0, name
+
+
+def test_placeholder_keeps_mrope_positions_of_real_tokens(lora_model, text_rows, tokenizer, processor, single_process):
+    padded = collate(tokenizer, processor, text_rows, "always")
+    # With an image grid in the batch, the model computes M-RoPE positions through get_rope_index,
+    # which drops masked tokens: each real token keeps position i on all three axes, as in the 1-D
+    # positions a text-only batch gets.
+    positions, _ = lora_model.base_model.model.model.get_rope_index(
+        padded["input_ids"],
+        mm_token_type_ids=padded["mm_token_type_ids"],
+        image_grid_thw=padded["image_grid_thw"],
+        attention_mask=padded["attention_mask"],
+    )
+    for row, n in enumerate(padded["attention_mask"].sum(1).tolist()):
+        assert positions[:, row, :n].tolist() == [list(range(n))] * 3, row
