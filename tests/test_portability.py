@@ -23,6 +23,7 @@ from axolotl_qwenvl_plugin.settings import config_dir, config_file, media_dir_fo
 
 STRATEGY = "axolotl_qwenvl_plugin.marker_jsonl"
 TRAIN = ["axolotl", "train"]  # argv of a command that reads the datasets
+RECORDS = 6  # of the demo data, copied for the subprocess test
 
 
 @pytest.fixture
@@ -232,13 +233,16 @@ def test_processor_source_and_media_dir_use_the_config_folder(layout):
 
 
 def _portable_project(root: Path, tiny_model_dir: Path) -> Path:
-    """The shipped tiny demo config and its data copied into root/project/example_configs, with the
-    tiny model at root/project/.cache, where the config's `../.cache/tiny-qwen2.5-vl` points."""
+    """The shipped tiny demo config and its data (first RECORDS records) copied into
+    root/project/example_configs, with the tiny model at root/project/.cache, where the config's
+    `../.cache/tiny-qwen2.5-vl` points."""
     project = root / "project"
     configs = project / "example_configs"
     configs.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "example_configs" / "qwenvl-tiny.yml", configs)
     shutil.copytree(REPO_ROOT / "example_configs" / "demo", configs / "demo", ignore=shutil.ignore_patterns("*.py"))
+    data = configs / "demo" / "data.jsonl"  # its first records (images and a video) keep preprocess short
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:RECORDS]))
     (project / ".cache").mkdir()
     (project / ".cache" / "tiny-qwen2.5-vl").symlink_to(tiny_model_dir, target_is_directory=True)
     return configs / "qwenvl-tiny.yml"
@@ -271,8 +275,7 @@ def test_axolotl_preprocess_of_the_demo_config_from_an_unrelated_directory(tmp_p
     assert "Traceback" not in output
     prepared = list((elsewhere / "last_run_prepared").glob("qwenvl-*/*/dataset_info.json"))
     assert prepared, f"no prepared dataset under {elsewhere / 'last_run_prepared'}:\n{output[-3000:]}"
-    lines = len((config.parent / "demo" / "data.jsonl").read_text().splitlines())
-    assert _prepared_rows(prepared[0].parent) == lines  # every demo record, media resolved from its folder
+    assert _prepared_rows(prepared[0].parent) == RECORDS  # every record, media resolved from the data's folder
 
 
 def _prepared_rows(folder: Path) -> int:
