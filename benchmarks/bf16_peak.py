@@ -122,7 +122,9 @@ def measure(shapes=GPU_SHAPES, *, seconds: float = 20.0, device: str = "cuda", w
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the GPU's dense bf16 matmul peak (TFLOP/s).")
     parser.add_argument("--seconds", type=float, default=20.0, help="time budget for the measurement (default 20)")
-    parser.add_argument("--shapes", type=_parse_shapes, help="comma-separated MxNxK (default 8192x8192x8192,16384x8192x8192)")
+    parser.add_argument(
+        "--shapes", type=_parse_shapes, help="comma-separated MxNxK (default 8192x8192x8192,16384x8192x8192)"
+    )
     parser.add_argument("--cpu", action="store_true", help="dry run on the CPU with small shapes")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)

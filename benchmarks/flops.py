@@ -437,7 +437,10 @@ def batch_flops(
         )
     llm_lora = frozenset(lora_targets)
     vit_lora = frozenset(vision_lora_targets)
-    for name, got, allowed in (("lora_targets", llm_lora, LLM_LORA_TARGETS), ("vision_lora_targets", vit_lora, VIT_LORA_TARGETS)):
+    for name, got, allowed in (
+        ("lora_targets", llm_lora, LLM_LORA_TARGETS),
+        ("vision_lora_targets", vit_lora, VIT_LORA_TARGETS),
+    ):
         if got - set(allowed):
             raise ValueError(f"{name}: unknown modules {sorted(got - set(allowed))}; choose from {allowed}")
     common = dict(
@@ -586,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         grid_thw(int(h), int(w), int(f), min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28)
         for f, h, w in (s.split("x") for s in args.video)
     ]
-    configs = [(args.config, args.config)] if args.config else [(s, _size_config(s)) for s in (args.size or ["3b", "7b"])]
+    if args.config:
+        configs = [(args.config, args.config)]
+    else:
+        configs = [(size, _size_config(size)) for size in (args.size or ["3b", "7b"])]
     for name, config in configs:
         c = batch_flops(
             config, [args.seq], grids,
@@ -595,8 +601,10 @@ def main(argv: list[str] | None = None) -> int:
             input_require_grads=not args.no_input_require_grads,
             gradient_checkpointing=not args.no_gradient_checkpointing,
         )
-        print(json.dumps({"model": name, "grids": grids, **c.as_dict(), **c.detail,
-                          "train_model_per_token": c.per_token(), "train_hardware_per_token": c.per_token(c.train_hardware)}, indent=1))
+        report = {"model": name, "grids": grids, **c.as_dict(), **c.detail}
+        report["train_model_per_token"] = c.per_token()
+        report["train_hardware_per_token"] = c.per_token(c.train_hardware)
+        print(json.dumps(report, indent=1))
     return 0
 
 

@@ -230,7 +230,9 @@ def test_forward_matches_real_3b_shapes_on_the_meta_device(tokenizer):
 
     config = build_config("3b", tokenizer)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            config, dtype=torch.bfloat16, attn_implementation="eager"
+        )
     vit_head = config.vision_config.hidden_size // config.vision_config.num_heads
     llm_head = config.text_config.hidden_size // config.text_config.num_attention_heads
     model.model.visual.rotary_pos_emb.forward = lambda x, pos: (torch.empty(x.shape[0], vit_head, device="meta"),) * 2
@@ -241,7 +243,8 @@ def test_forward_matches_real_3b_shapes_on_the_meta_device(tokenizer):
     seq = 300
     patches = sum(t * h * w for t, h, w in grids)
     with FlopCounterMode(display=False) as counter:
-        model.model.visual(torch.empty(patches, 1176, device="meta", dtype=torch.bfloat16), grid_thw=torch.tensor(grids))
+        pixels = torch.empty(patches, 1176, device="meta", dtype=torch.bfloat16)
+        model.model.visual(pixels, grid_thw=torch.tensor(grids))
         embeds = torch.empty(1, seq, config.text_config.hidden_size, device="meta", dtype=torch.bfloat16)
         positions = torch.zeros(3, 1, seq, dtype=torch.long, device="meta")
         hidden = model.model.language_model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
@@ -405,7 +408,10 @@ def test_old_flat_config_json_layout(tmp_path):
 
 
 def test_flops_from_batch_splits_packed_samples(tiny_model_dir):
-    batch = {"input_ids": [[5, 5, 5, 5, 5, 0], [5, 5, 5, 5, 0, 0]], "attention_mask": [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]]}
+    batch = {
+        "input_ids": [[5, 5, 5, 5, 5, 0], [5, 5, 5, 5, 0, 0]],
+        "attention_mask": [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]],  # row 0 packs two samples
+    }
     c = flops.flops_from_batch(tiny_model_dir, batch)
     expected = flops.batch_flops(tiny_model_dir, [3, 2, 4])
     assert c == expected
