@@ -96,6 +96,7 @@ __all__ = [
     "load_peak",
     "mfu",
     "shapes_from_config",
+    "vit_attention_pairs",
 ]
 
 
