@@ -74,6 +74,11 @@ class QwenVLPlugin(BasePlugin):
             # waits for their first batches (short overfit sets restart them every few steps).
             trainer.args.dataloader_persistent_workers = True
 
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        from .frozen_vision import FrozenVisionGradients
+
+        return [FrozenVisionGradients()]
+
     def post_train(self, cfg, model):
         # Axolotl calls this hook twice; the summary is the same both times, so log it once.
         if getattr(self, "_skip_summary_logged", False) or not cfg.output_dir:
