@@ -566,7 +566,8 @@ def load_peak(path: str | Path) -> float:
 # command line
 
 
-def _size_config(size: str):
+def size_config(size: str):
+    """The config of a `tiny.py` model size (tiny, 3b, 7b), built without weights."""
     from axolotl_qwenvl_plugin.tiny import build_config, build_tokenizer
 
     return build_config(size, build_tokenizer())
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         configs = [(args.config, args.config)]
     else:
-        configs = [(size, _size_config(size)) for size in (args.size or ["3b", "7b"])]
+        configs = [(size, size_config(size)) for size in (args.size or ["3b", "7b"])]
     for name, config in configs:
         c = batch_flops(
             config, [args.seq], grids,

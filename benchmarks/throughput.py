@@ -291,6 +291,9 @@ class ThroughputPlugin(BasePlugin):
             ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
                    (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"))}  # fmt: skip
         out = os.environ.get("QWENVL_BENCH_JSON") or str(Path(cfg.output_dir) / "throughput.json")
+        rank = int(os.environ.get("RANK") or 0)
+        if rank:  # under DDP every rank meters its own micro-batches: one file each
+            out = str(Path(out).with_suffix(f".rank{rank}.json"))
         meter = StepMeter(out, label=os.environ.get("QWENVL_BENCH_LABEL", ""), **ids)
         meter.wrap(trainer)
         return [meter]

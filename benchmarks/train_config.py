@@ -14,7 +14,7 @@ benchmarks/unsloth_standalone.py.
   `processor_type: AutoProcessor`, content-list records (`native.jsonl` of
   benchmarks/make_gpu_dataset.py, images only), `skip_prepare_dataset`, LoRA on the same
   language-model projections (a regex, as Axolotl's multimodal docs recommend), Axolotl's
-  defaults otherwise (its LoRA kernels included).
+  defaults otherwise (except its LoRA kernels, which fail to load on Qwen2.5-VL).
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def config(path: str, loader: str, model: str, data: str, run_dir: str, max_step
         workers = 4 if workers is None else workers
         cfg.update(dataloader_num_workers=workers, dataloader_prefetch_factor=2 if workers else None,
                    dataloader_pin_memory=True)  # fmt: skip
-    if path == "plugin" and loader == "transformers":
-        # The plain transformers + bitsandbytes + PEFT reference path: Axolotl's Triton LoRA kernels
-        # (auto-enabled for lora/qlora) off, so it is the recipe the issue's reference row measured.
+    if path == "native" or loader == "transformers":
+        # Axolotl 0.20 turns its Triton LoRA kernels on for lora/qlora, and they fail to load on
+        # Qwen2.5-VL ("could not import attention class for model_type: qwen2_5_vl"): keep them off.
         cfg.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)
     if cpu:  # a dry run of the same pipeline on CPU with the tiny model (no bitsandbytes, no bf16)
         cfg.update(load_in_4bit=False, adapter="lora", bf16=False, tf32=False, optimizer="adamw_torch",
