@@ -107,7 +107,7 @@ estimate() {  # seconds a job needs on an H100 (startup, load, Unsloth compile, 
   local s
   case $1 in
     peak) echo 40; return ;; smoke) echo 300; return ;;
-    *resume*) s=450 ;; A-*) s=260 ;; C-*) s=200 ;; T-*) s=220 ;; *) s=160 ;;
+    *resume*) s=400 ;; A-*) s=260 ;; C-*) s=200 ;; T-*) s=220 ;; *) s=160 ;;
   esac
   [[ $1 == *-7b-* ]] && s=$((s + 60))
   [[ $1 == *-ddp* ]] && s=$((s + 40))
