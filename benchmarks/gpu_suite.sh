@@ -200,7 +200,11 @@ job() {
       fi
       sleep 1; waited=$((waited + 1))
     done
-    kill -KILL -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    # SIGKILL every process of this run: the launcher's group, and the DDP workers, which
+    # torch's elastic agent starts in sessions of their own (they all carry the config path).
+    local pattern; pattern=$(printf '%s' "$run/cfg.yml" | sed 's/[][\/$*.^+?(){}|]/\\&/g')
+    kill -KILL -- "-$pid" 2>/dev/null; pkill -KILL -f -- "$pattern" 2>/dev/null; wait "$pid" 2>/dev/null
+    for _ in $(seq 30); do pgrep -f -- "$pattern" >/dev/null || break; sleep 1; done
     if [ ! -f "$ckpt/trainer_state.json" ]; then note "$tag $spec: no checkpoint-12"; cd "$ROOT"; return 1; fi
     note "$tag $spec: killed after checkpoint-12; resuming"
     train_once "$run" 2 "$ngpu" "$(cap 300)"

@@ -53,7 +53,7 @@ def _meters(run: Path) -> list[dict]:
         payload = _load(meter)
         if not payload:
             continue
-        ranks = sorted(run.glob(f"{meter.stem}.rank*.json"))
+        ranks = sorted(r for r in run.glob(f"{meter.stem}.rank*.json") if not r.stem.endswith("fingerprint"))
         payload["rank_payloads"] = [payload] + [p for p in (_load(r) for r in ranks) if p]
         payloads.append(payload)
     return payloads

@@ -224,8 +224,22 @@ class DDPRun:
         return [int(loc.rsplit(":", 1)[1]) for entry in self.trace(rank) for loc in entry["locations"]]
 
     def kill(self) -> None:
+        """SIGKILL the launcher's session and both ranks: torch's elastic agent starts each rank in
+        a session of its own, so killing the launcher's process group alone leaves hung ranks."""
+        import psutil
+
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole session: launcher and both ranks
+            try:
+                ranks = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                ranks = []
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            for process in ranks:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(ranks, timeout=30)
         self.proc.wait()
 
     def wait(self, timeout: int = RUN_TIMEOUT) -> int:
