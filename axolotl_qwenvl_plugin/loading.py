@@ -163,6 +163,13 @@ UNSLOTH_MISSING_MESSAGE = (
     "pip install 'axolotl-qwenvl-plugin[unsloth]' (or set `qwenvl.loader: transformers`)."
 )
 
+UNSLOTH_DDP_MESSAGE = (
+    "qwenvl.loader: unsloth runs on one GPU with this plugin, but this is process {rank} of {world} "
+    "(a multi-GPU launch). Unsloth's vision path under DDP is not verified here. Train on several "
+    "GPUs with `qwenvl.loader: transformers` (bitsandbytes 4-bit + PEFT, tested under DDP; "
+    "example_configs/qwenvl-2gpu.yml), or launch a single process for Unsloth."
+)
+
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 
@@ -192,30 +199,44 @@ def _loader_value(settings_loader: Any) -> str:
     return value
 
 
+def world_size() -> int:
+    """Training processes in this launch (`WORLD_SIZE`, set by accelerate / torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE") or 1))
+    except ValueError:
+        return 1
+
+
 def resolve_loader(
-    settings_loader: str, *, cuda_available: bool, unsloth_installed: bool
+    settings_loader: str, *, cuda_available: bool, unsloth_installed: bool, processes: int | None = None
 ) -> LoaderName:
-    """The loader that runs: an explicit choice is kept, `auto` picks unsloth only with CUDA and
-    the unsloth extra. Does not check that an explicit `unsloth` can run: see
-    `check_loader_supported`."""
+    """The loader that runs: an explicit choice is kept, `auto` picks unsloth only with CUDA, the
+    unsloth extra and a single process (the transformers loader is the one tested under DDP).
+    Does not check that an explicit `unsloth` can run: see `check_loader_supported`."""
     value = _loader_value(settings_loader)
+    processes = world_size() if processes is None else processes
     if value == "auto":
-        return "unsloth" if (cuda_available and unsloth_installed) else "transformers"
+        return "unsloth" if (cuda_available and unsloth_installed and processes == 1) else "transformers"
     return value  # type: ignore[return-value]
 
 
 def check_loader_supported(
-    settings_loader: str, *, cuda_available: bool, unsloth_installed: bool
+    settings_loader: str, *, cuda_available: bool, unsloth_installed: bool, processes: int | None = None
 ) -> LoaderName:
     """`resolve_loader`, refusing an explicit `loader: unsloth` that cannot run here (config time)."""
+    processes = world_size() if processes is None else processes
     loader = resolve_loader(
-        settings_loader, cuda_available=cuda_available, unsloth_installed=unsloth_installed
-    )
+        settings_loader, cuda_available=cuda_available, unsloth_installed=unsloth_installed,
+        processes=processes,
+    )  # fmt: skip
     if loader == "unsloth":
         if not cuda_available:
             raise ValueError(UNSLOTH_GPU_MESSAGE)
         if not unsloth_installed:
             raise ValueError(UNSLOTH_MISSING_MESSAGE)
+        if processes > 1:
+            rank = os.environ.get("RANK") or "?"
+            raise ValueError(UNSLOTH_DDP_MESSAGE.format(rank=rank, world=processes))
     return loader
 
 
@@ -382,6 +403,7 @@ def lora_wrapped_module_names(peft_model) -> list[str]:
 # -- Axolotl keys each loader needs ----------------------------------------------------------------
 
 _KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+_UNVERIFIED_SHARDING = ("deepspeed", "fsdp", "fsdp_config")
 _UNSLOTH_REFUSED = {
     "load_in_8bit": "Unsloth's vision path is wired for 4-bit or 16-bit here; use load_in_4bit",
     "peft_use_dora": "DoRA is not wired through FastVisionModel.get_peft_model",
@@ -421,11 +443,11 @@ def axolotl_keys_for_loader(cfg: dict, loader: LoaderName, settings) -> list[str
     (contradicting keys) for the caller to raise, after applying what can be applied.
 
     Both loaders: `lora_target_linear: true` is refused (adapter.py:178-186 would union every
-    linear leaf into the targets, defeating the qwenvl.finetune_* flags).
+    linear leaf into the targets, defeating the qwenvl.finetune_* flags); Axolotl's LoRA Triton
+    kernels are forced off (an explicit `true` is refused).
     `transformers`: `lora_target_modules` becomes the `lora_target_regex` string (PEFT fullmatches
-    a string, adapter.py:191-194 passes it through).
-    `unsloth`: an `adapter` of lora/qlora is required, the LoRA Triton kernels are forced off,
-    and the keys in `_UNSLOTH_REFUSED` are refused.
+    a string, adapter.py:191-194 passes it through); DeepSpeed / FSDP get a not-tested warning.
+    `unsloth`: an `adapter` of lora/qlora is required, and the keys in `_UNSLOTH_REFUSED` are refused.
     """
     problems: list[str] = []
     if cfg.get("lora_target_linear"):
@@ -435,7 +457,25 @@ def axolotl_keys_for_loader(cfg: dict, loader: LoaderName, settings) -> list[str
         )
     adapter = cfg.get("adapter")
     user_targets = cfg.get("lora_target_modules") or None
+    # Axolotl 0.20 switches its Triton LoRA kernels on for lora/qlora; they patch the attention
+    # class, which fails for Qwen2.5-VL ("could not import attention class for model_type:
+    # qwen2_5_vl"), and under Unsloth they would land on Unsloth's model. Off for both loaders.
+    for key in _KERNEL_KEYS:
+        if cfg.get(key):
+            problems.append(
+                f"`{key}: true`: Axolotl's Triton LoRA kernels do not load on Qwen2.5-VL"
+                + (" and would patch Unsloth's model" if loader == "unsloth" else "")
+                + "; remove it (the plugin sets it to false)"
+            )
+        cfg[key] = False
     if loader == "transformers":
+        for key in _UNVERIFIED_SHARDING:
+            if cfg.get(key):
+                LOG.warning(
+                    "qwenvl: `%s` with qwenvl.loader: transformers is not tested by this plugin; "
+                    "DDP is (README, Multi-GPU). Media-free batches get a masked placeholder image "
+                    "so every rank runs the vision tower.", key,
+                )  # fmt: skip
         if adapter in ("lora", "qlora") and not problems:
             targets, saved = split_embedding_targets(
                 user_targets, cfg.get("lora_modules_to_save"),
@@ -457,13 +497,6 @@ def axolotl_keys_for_loader(cfg: dict, loader: LoaderName, settings) -> list[str
             f"qwenvl.loader: unsloth trains a LoRA: set `adapter: qlora` (with load_in_4bit: true) "
             f"or `adapter: lora`, not {adapter!r}"
         )
-    for key in _KERNEL_KEYS:
-        if cfg.get(key):
-            problems.append(
-                f"`{key}: true` would patch Axolotl's Triton LoRA kernels onto Unsloth's model; "
-                f"remove it (the plugin sets it to false)"
-            )
-        cfg[key] = False
     for key, why in _UNSLOTH_REFUSED.items():
         if cfg.get(key):
             problems.append(f"`{key}` is not supported with qwenvl.loader: unsloth: {why}")

@@ -96,6 +96,7 @@ class QwenVLPlugin(BasePlugin):
         return QwenVLDataCollator, {
             "processor_source": processor_source(cfg),
             "on_bad_record": settings.on_bad_record,
+            "pad_media_free_batches": settings.pad_media_free_batches,
             "trust_remote_code": bool(cfg.trust_remote_code),
             "skip_log_dir": str(cfg.output_dir) if cfg.output_dir and settings.on_bad_record == "skip" else None,
         }

@@ -413,7 +413,11 @@ def test_transformers_keys_set_the_regex_and_move_embeddings():
     assert axolotl_keys_for_loader(cfg, "transformers", QwenVLConfig()) == []
     assert cfg["lora_target_modules"] == lora_target_regex(False, True, True, True, ["q_proj"])
     assert cfg["lora_modules_to_save"] == ["embed_tokens"]
-    assert "lora_mlp_kernel" not in cfg  # Axolotl's own kernels stay its business there
+    # Axolotl's Triton LoRA kernels fail to load on Qwen2.5-VL: off unless asked, refused if asked
+    assert all(cfg[key] is False for key in loading._KERNEL_KEYS)
+    cfg = {"adapter": "qlora", "lora_qkv_kernel": True}
+    problems = axolotl_keys_for_loader(cfg, "transformers", QwenVLConfig())
+    assert len(problems) == 1 and "lora_qkv_kernel" in problems[0] and "Qwen2.5-VL" in problems[0]
 
 
 def test_lora_target_linear_is_refused_for_both_loaders():

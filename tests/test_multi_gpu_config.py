@@ -1,0 +1,105 @@
+"""Which multi-GPU combinations the plugin accepts, decided at config time (issue 8).
+
+Supported and tested: DDP with `qwenvl.loader: transformers` (tests/test_ddp.py on CPU, and a
+2xH100 run in benchmarks/results). Refused: `loader: unsloth` in a multi-process launch, and
+DeepSpeed / FSDP with Unsloth. Accepted with a warning: DeepSpeed / FSDP with the transformers
+loader (not tested here). The GPU and the unsloth extra are faked where the rule depends on
+them: this machine has neither, and only the config decision is under test.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from axolotl_qwenvl_plugin import loading
+from helpers import write_minimal_config
+
+
+@pytest.fixture
+def gpu_box(monkeypatch):
+    """A CUDA machine with the unsloth extra, as far as the config checks can tell."""
+    monkeypatch.setattr(loading, "cuda_available", lambda: True)
+    monkeypatch.setattr(loading, "unsloth_installed", lambda: True)
+
+
+def _launch(monkeypatch, world: int, rank: int = 0):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+
+
+def _load(tmp_path, tiny_model_dir, **overrides):
+    from axolotl.cli.config import load_cfg
+
+    return load_cfg(str(write_minimal_config(tmp_path, tiny_model_dir, **overrides)))
+
+
+def _register(tmp_path, tiny_model_dir, **overrides) -> dict:
+    """The plugin's config-time hook on the raw YAML of a rank (Axolotl's own load_cfg needs a
+    real GPU once WORLD_SIZE > 1: it probes CUDA peer access and maps the model to a GPU)."""
+    import yaml
+
+    from axolotl_qwenvl_plugin import QwenVLPlugin
+
+    raw = yaml.safe_load(write_minimal_config(tmp_path, tiny_model_dir, **overrides).read_text())
+    QwenVLPlugin().register(raw)
+    return raw
+
+
+def test_transformers_loader_is_accepted_under_ddp(tmp_path, tiny_model_dir, monkeypatch):
+    _launch(monkeypatch, 2, rank=1)
+    cfg = _register(tmp_path, tiny_model_dir, qwenvl={"loader": "transformers"})
+    assert cfg["lora_qkv_kernel"] is False and cfg["lora_mlp_kernel"] is False
+    assert isinstance(cfg["lora_target_modules"], str)  # the finetune_* regex, as on one GPU
+
+
+def test_unsloth_loader_is_refused_in_a_multi_process_launch(tmp_path, tiny_model_dir, monkeypatch, gpu_box):
+    _launch(monkeypatch, 2, rank=1)
+    with pytest.raises(ValueError) as err:
+        _register(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"})
+    message = str(err.value)
+    assert "process 1 of 2" in message
+    assert "qwenvl.loader: transformers" in message and "qwenvl-2gpu.yml" in message
+
+
+def test_unsloth_loader_is_accepted_on_one_process(tmp_path, tiny_model_dir, monkeypatch, gpu_box):
+    _launch(monkeypatch, 1)
+    cfg = _load(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"})
+    assert cfg.lora_qkv_kernel is False  # Unsloth's model never gets Axolotl's kernels
+
+
+@pytest.mark.parametrize(("world", "expected"), [(1, "unsloth"), (2, "transformers"), (8, "transformers")])
+def test_auto_picks_the_transformers_loader_under_ddp(monkeypatch, world, expected):
+    _launch(monkeypatch, world)
+    assert loading.resolve_loader("auto", cuda_available=True, unsloth_installed=True) == expected
+    assert loading.check_loader_supported("auto", cuda_available=True, unsloth_installed=True) == expected
+
+
+@pytest.mark.parametrize(
+    "sharding",
+    [{"deepspeed": "deepspeed_configs/zero2.json"}, {"fsdp": ["full_shard"]},
+     {"fsdp_config": {"fsdp_version": 2}}],  # fmt: skip
+    ids=["deepspeed", "fsdp", "fsdp_config"],
+)
+def test_sharding_is_refused_with_unsloth(sharding):
+    cfg = {"adapter": "qlora", "load_in_4bit": True, **sharding}
+    problems = loading.axolotl_keys_for_loader(cfg, "unsloth", loading_settings())
+    key = next(iter(sharding))
+    assert any(f"`{key}` is not supported with qwenvl.loader: unsloth" in p for p in problems)
+
+
+@pytest.mark.parametrize("key", ["deepspeed", "fsdp", "fsdp_config"])
+def test_sharding_with_transformers_is_accepted_with_a_warning(key, caplog):
+    cfg = {"adapter": "qlora", "load_in_4bit": True, key: {"x": 1}}
+    with caplog.at_level(logging.WARNING):
+        problems = loading.axolotl_keys_for_loader(cfg, "transformers", loading_settings())
+    assert problems == []
+    assert any(f"`{key}` with qwenvl.loader: transformers is not tested" in r.getMessage() for r in caplog.records)
+
+
+def loading_settings():
+    from axolotl_qwenvl_plugin.args import QwenVLConfig
+
+    return QwenVLConfig()
