@@ -230,14 +230,20 @@ def load_config(config_path: Path):
     # Axolotl is imported only now: a mistyped path above fails fast, without ~20 s of imports.
     from axolotl.utils.dict import DictDefault
 
-    from .plugin import QwenVLConfigError, apply_required_axolotl_keys
+    from .plugin import QwenVLConfigError, apply_required_axolotl_keys, resolve_config_relative_paths
 
+    # As Axolotl's load_cfg records it before the plugin's register(): relative input paths and
+    # media_dir are read against this file's folder.
+    raw["axolotl_config_path"] = str(config_path.resolve())
     try:
-        apply_required_axolotl_keys(raw)  # exactly what QwenVLPlugin.register() does before training
+        # Exactly what QwenVLPlugin.register() does before training, in the same order: relative
+        # dataset / model / tokenizer paths are looked up next to the config first, then from the
+        # current directory, as `axolotl train` resolves them, so check reads the same files.
+        resolve_config_relative_paths(raw, argv=["axolotl", "train"])
+        apply_required_axolotl_keys(raw)
     except QwenVLConfigError as exc:
         raise UsageError(str(exc)) from None
     cfg = DictDefault(raw)
-    cfg.axolotl_config_path = str(config_path)  # as Axolotl's load_cfg sets it: relative media_dir uses it
 
     if not cfg.base_model:
         raise UsageError(f"{config_path} has no `base_model`; it names the Qwen2.5-VL checkpoint (tokenizer and processor)")
@@ -279,9 +285,7 @@ def load_tokenizer_and_processor(cfg):
     try:
         processor = load_processor(cfg)
     except Exception as exc:  # OSError / ValueError from from_pretrained: a wrong path or name
-        source = processor_source(cfg)
-        hint = "" if Path(source).is_absolute() else f" (a local folder is looked up from the current directory, {Path.cwd()}, as in Axolotl)"
-        raise UsageError(f"cannot load the processor from {source!r}: {_one_line(exc)}{hint}") from None
+        raise UsageError(f"cannot load the processor from {processor_source(cfg)!r}: {_one_line(exc)}") from None
     tokenizer = processor.tokenizer
     if cfg.tokenizer_config and str(cfg.tokenizer_config) != processor_source(cfg):
         from transformers import AutoTokenizer
@@ -304,7 +308,12 @@ def load_tokenizer_and_processor(cfg):
 
 
 def find_marker_datasets(cfg, config_path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
-    """The marker datasets to check as (path to show, ds_cfg with a usable path), and notes on the rest."""
+    """The marker datasets to check as (path to show, ds_cfg with a usable path), and notes on the rest.
+
+    Their paths are already resolved as training resolves them (`load_config`), so each one is used
+    as it stands: absolute when found next to the config file, as written when only the current
+    directory has it.
+    """
     found: list[tuple[str, dict]] = []
     notes: list[str] = []
     for key in ("datasets", "test_datasets"):
@@ -313,7 +322,7 @@ def find_marker_datasets(cfg, config_path: Path) -> tuple[list[tuple[str, dict]]
                 kind = ds.get("type") if hasattr(ds, "get") else type(ds).__name__
                 notes.append(f"{key}[{index}] (type {kind}) is not a marker dataset: not checked")
                 continue
-            path = resolve_data_path(str(ds.get("path") or ""), config_path, f"{key}[{index}]", notes)
+            path = local_data_path(str(ds.get("path") or ""), config_path, f"{key}[{index}]")
             if path.is_dir() or path.suffix != ".jsonl":
                 notes.append(f"{key}[{index}]: {path} is not a .jsonl file; check reads marker .jsonl files only: not checked")
                 continue
@@ -323,21 +332,22 @@ def find_marker_datasets(cfg, config_path: Path) -> tuple[list[tuple[str, dict]]
     return found, notes
 
 
-def resolve_data_path(path_text: str, config_path: Path, name: str, notes: list[str]) -> Path:
-    """Like Axolotl, against the current directory; failing that, against the config file's folder."""
+def local_data_path(path_text: str, config_path: Path, name: str) -> Path:
+    """A marker dataset's path after `resolve_config_relative_paths`: it must name a local file or folder.
+
+    A path that can only be local and is missing was refused there already; what is left missing
+    here could be a Hub dataset id, which check cannot read.
+    """
     if not path_text:
         raise UsageError(f"{name} has no `path`")
     path = Path(path_text).expanduser()
     if path.exists():
         return path
-    beside_config = config_path.parent / path
-    if not path.is_absolute() and beside_config.exists():
-        notes.append(
-            f"{name}: {path_text!r} is not found from the current directory but is from the config's folder; "
-            f"run `axolotl train` from {config_path.parent} (Axolotl resolves dataset paths against the current directory)"
-        )
-        return beside_config
-    raise UsageError(f"{name}: dataset file {path_text!r} not found (from {Path.cwd()} or from {config_path.parent})")
+    raise UsageError(
+        f"{name}.path: dataset file {path_text!r} not found, neither next to the config file "
+        f"({config_path.resolve().parent}) nor from the current directory ({Path.cwd()}); "
+        "check reads local marker .jsonl files only"
+    )
 
 
 # ------------------------------------------------------------------------------------------- media

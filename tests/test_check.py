@@ -222,16 +222,79 @@ def test_invalid_utf8_line_is_reported_not_fatal(tmp_path, tiny_model_dir, capsy
 
 def test_relative_dataset_path_from_cwd_or_config_folder(corpus, tiny_model_dir, tmp_path, monkeypatch, capsys):
     cfg = write_config(corpus.root / "relative.yml", tiny_model_dir, [marker_dataset("data.jsonl")])
-    monkeypatch.chdir(corpus.root)  # what Axolotl does: relative to the current directory
+    monkeypatch.chdir(corpus.root)  # the config's folder is the current directory: the path as written
     status, out, _ = run_main(capsys, "relative.yml")
     assert status == 1 and "note:" not in out
     assert listed(out, Path("data.jsonl")) == corpus.expected
 
-    monkeypatch.chdir(tmp_path)  # not found from here: found beside the config, with a note
+    monkeypatch.chdir(tmp_path)  # not found from here: found beside the config, as training finds it
     status, out, _ = run_main(capsys, cfg)
-    assert status == 1
-    assert "is not found from the current directory but is from the config's folder" in out
-    assert listed(out, corpus.root / "data.jsonl") == corpus.expected
+    assert status == 1 and "note:" not in out
+    assert listed(out, (corpus.root / "data.jsonl").resolve()) == corpus.expected
+
+
+GOOD_RECORD = {"text": "a cat <image_no_1>", "images": ["a.png"]}
+
+
+def _two_data_files(tmp_path: Path, *, good_beside_config: bool) -> tuple[Path, Path, Path]:
+    """a/cfg.yml naming `data.jsonl`, with a/data.jsonl and a different cwd/data.jsonl: one clean, one bad."""
+    folder, cwd = tmp_path / "a", tmp_path / "cwd"
+    good, bad = json.dumps(GOOD_RECORD) + "\n", json.dumps(GOOD_RECORD) + "\n" + '{"text": "unclosed\n'
+    for place, clean in ((folder, good_beside_config), (cwd, not good_beside_config)):
+        write_image(place / "a.png", 56, 56)
+        (place / "data.jsonl").write_text(good if clean else bad)
+    return folder / "cfg.yml", folder / "data.jsonl", cwd
+
+
+@pytest.mark.parametrize("good_beside_config", [True, False], ids=["clean-beside-config", "bad-beside-config"])
+def test_check_reads_the_data_file_training_reads(tiny_model_dir, tmp_path, monkeypatch, capsys, good_beside_config):
+    """Both the config's folder and the cwd have `data.jsonl`: check reads the config folder's, as
+    `axolotl train` does (plugin.resolve_config_relative_paths), whichever of the two is bad."""
+    cfg_path, beside, cwd = _two_data_files(tmp_path, good_beside_config=good_beside_config)
+    cfg = write_config(cfg_path, tiny_model_dir, [marker_dataset("data.jsonl")])
+    monkeypatch.chdir(cwd)
+    status, out, _ = run_main(capsys, cfg)
+    assert f"dataset {beside.resolve()} (media_dir " in out
+    if good_beside_config:
+        assert status == 0 and "records: 1 total, 1 ok, 0 bad" in out and out.rstrip().endswith("result: OK"), out
+    else:
+        assert status == 1 and listed(out, beside.resolve()) == {2: "invalid_json"}, out
+    assert "note:" not in out
+
+
+def test_relative_data_file_only_in_cwd_is_read_from_there(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Not beside the config but in the current directory: read from there, as Axolotl does."""
+    cfg_path, beside, cwd = _two_data_files(tmp_path, good_beside_config=True)
+    beside.unlink()
+    cfg = write_config(cfg_path, tiny_model_dir, [marker_dataset("data.jsonl")])
+    monkeypatch.chdir(cwd)
+    status, out, _ = run_main(capsys, cfg)
+    assert status == 1 and listed(out, Path("data.jsonl")) == {2: "invalid_json"}, out
+
+
+def test_relative_model_and_tokenizer_folders_beside_the_config(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`base_model` and `tokenizer_config` written relative to the config's folder load from any cwd."""
+    cfg_path, _, cwd = _two_data_files(tmp_path, good_beside_config=True)
+    (cfg_path.parent / "model").symlink_to(tiny_model_dir, target_is_directory=True)
+    (cfg_path.parent / "tok").symlink_to(tiny_model_dir, target_is_directory=True)
+    write_config(cfg_path, Path("model"), [marker_dataset("data.jsonl")], tokenizer_config="tok")
+    monkeypatch.chdir(cwd)
+    status, out, _ = run_main(capsys, cfg_path)
+    assert status == 0, out
+    assert f"processor: {(cfg_path.parent / 'model').resolve()} " in out
+
+
+def test_missing_local_dataset_exits_2_naming_the_key(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    folder, cwd = tmp_path / "a", tmp_path / "cwd"
+    folder.mkdir()
+    cwd.mkdir()
+    cfg = write_config(folder / "cfg.yml", tiny_model_dir, [marker_dataset("missing/data.jsonl")])
+    monkeypatch.chdir(cwd)
+    status, out, err = run_main(capsys, cfg)
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("axolotl-qwenvl check: error: "), err
+    assert "datasets[0].path: 'missing/data.jsonl' not found" in err
+    assert str(cfg.resolve()) in err and str(cwd / "missing/data.jsonl") in err  # both places looked
 
 
 BAD_CONFIGS = [
@@ -246,8 +309,8 @@ BAD_CONFIGS = [
     ("sequence_len: long", "`sequence_len` must be an integer"),
     ("chat_template: no_such_template", "chat_template: Template 'no_such_template' not found"),
     ("base_model: /nonexistent/model", "cannot load the processor from '/nonexistent/model'"),
-    ("datasets: [{path: nowhere.jsonl, type: axolotl_qwenvl_plugin.marker_jsonl}]", "dataset file 'nowhere.jsonl' not found"),
-    ("datasets: [{path: x.jsonl, type: alpaca}]", "no dataset with `type: axolotl_qwenvl_plugin.marker_jsonl`"),
+    ("datasets: [{path: nowhere.jsonl, type: axolotl_qwenvl_plugin.marker_jsonl}]", "datasets[0].path: 'nowhere.jsonl' not found"),
+    ("datasets: [{path: tatsu-lab/alpaca, type: alpaca}]", "no dataset with `type: axolotl_qwenvl_plugin.marker_jsonl`"),
     ("a: [unclosed", "is not valid YAML"),
     ("- just\n- a list", "must be a YAML mapping"),
 ]
