@@ -103,7 +103,8 @@ class QwenVLConfig(BaseModel):
         gt=0,
         description="Pixel budget of one whole video: each frame gets at most "
         "video_total_pixels * 2 / frames (never below 1.05 * video_min_pixels), as in "
-        "qwen-vl-utils. The default caps a video near 4096 tokens.",
+        "qwen-vl-utils. A video costs at most about video_total_pixels / 784 tokens: the default "
+        "caps it near 8192.",
     )
 
     # -- data policy -----------------------------------------------------------------------------

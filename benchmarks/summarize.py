@@ -147,9 +147,23 @@ def summarize(suite: Path, data_root: Path, peaks_dir: Path | None = None) -> di
         flops = flops_cache[key]
         if flops and peak_tflops and result["samples_per_s"]:
             result["tflops_per_s"] = result["samples_per_s"] * flops["train_model"] / 1e12
-            result["mfu"] = result["tflops_per_s"] / peak_tflops
+            result["mfu"] = result["tflops_per_s"] / (peak_tflops * result["gpus"])  # per GPU
         rows.append({"job": run.name, **spec, "batch": batch, "opts": spec["opts"].strip("-"), **result})
-    return {"peak_bf16_tflops": peak_tflops, "peaks": peaks, "rows": rows, "ratios": ratios(rows)}
+    return {"peak_bf16_tflops": peak_tflops, "peaks": peaks, "rows": rows, "ratios": ratios(rows),
+            "scaling": scaling(rows)}  # fmt: skip
+
+
+def scaling(rows: list[dict]) -> list[dict]:
+    """Multi-GPU tokens/s over (GPUs x one-GPU tokens/s) for the same path, model, mix and batch."""
+    single = {(r["path"], r["size"], r["mix"], r["batch"]): r for r in rows if r.get("gpus") == 1 and r.get("tokens_per_s")}
+    out = []
+    for r in rows:
+        base = single.get((r["path"], r["size"], r["mix"], r["batch"]))
+        if r.get("gpus", 1) > 1 and base and r.get("tokens_per_s"):
+            out.append({"job": r["job"], "baseline": base["job"], "gpus": r["gpus"],
+                        "tokens_per_s": r["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
+                        "efficiency": r["tokens_per_s"] / (r["gpus"] * base["tokens_per_s"])})  # fmt: skip
+    return out
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -178,16 +192,16 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| job | path | model | mix | batch | tokens/s | samples/s | peak GiB | MFU | data wait | loss first -> last | resume |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| job | path | model | mix | batch | GPUs | tokens/s | samples/s | peak GiB | MFU | data wait | loss first -> last | resume |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["rows"]:
         if "error" in r:
-            lines.append(f"| {r['job']} | {r['path']} | {r['size']} | {r['mix']} | {r['batch']} | {r['error']} |||||||")
+            lines.append(f"| {r['job']} | {r['path']} | {r['size']} | {r['mix']} | {r['batch']} | | {r['error']} |||||||")
             continue
         loss = f"{_fmt(r['loss_first'], '.2f')} -> {_fmt(r['loss_last'], '.2f')}"
         resume = {True: f"continues at {r.get('resumed_at')}", False: "BROKEN", None: "-"}[r.get("resume_continues")]
         lines.append(
-            f"| {r['job']} | {r['path']} | {r['size']} | {r['mix']} | {r['batch']} | {_fmt(r['tokens_per_s'], ',.0f')} "
+            f"| {r['job']} | {r['path']} | {r['size']} | {r['mix']} | {r['batch']} | {r['gpus']} | {_fmt(r['tokens_per_s'], ',.0f')} "
             f"| {_fmt(r['samples_per_s'], '.2f')} | {_fmt(r['peak_gib'], '.2f')} | {_fmt(r.get('mfu'), '.1%')} "
             f"| {_fmt(r['data_wait'], '.1%')} | {loss} | {resume} |"
         )
@@ -198,6 +212,12 @@ def markdown(summary: dict) -> str:
             f"| {e['size']} | {e['mix']} | {e['batch']} | {e['opts'] or '-'} | {_fmt(e.get('A/B tokens/s'), '.2f')} "
             f"| {_fmt(e.get('A/B peak'), '.2f')} | {_fmt(e.get('A/C tokens/s'), '.2f')} | {_fmt(e.get('A/C peak'), '.2f')} |"
         )
+    if summary.get("scaling"):
+        lines += ["", "| multi-GPU job | GPUs | tokens/s | one-GPU job | tokens/s | scaling efficiency |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for e in summary["scaling"]:
+            lines.append(f"| {e['job']} | {e['gpus']} | {e['tokens_per_s']:,.0f} | {e['baseline']} "
+                         f"| {e['baseline_tokens_per_s']:,.0f} | {e['efficiency']:.0%} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     parser.add_argument("--md")
     parser.add_argument("--png")
+    parser.add_argument("--title")
     args = parser.parse_args(argv)
     summary = summarize(Path(args.suite), Path(args.data), Path(args.peaks) if args.peaks else None)
     text = markdown(summary)
@@ -223,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.png:
         from benchmarks.plot_results import plot
 
-        plot([r for r in summary["rows"] if "error" not in r], Path(args.png))
+        runs = [{"path": r["path"] + ("" if r["gpus"] == 1 else f" x{r['gpus']} GPUs"), "label": PATHS[r["path"]],
+                 "model": r["size"], "batch": r["batch"], "mix": r["mix"],
+                 "seq": round(r["tokens_per_step"] / r["batch"]) if r.get("tokens_per_step") else 0,
+                 "tokens_per_s": r["tokens_per_s"], "samples_per_s": r["samples_per_s"], "peak_gib": r["peak_gib"],
+                 "mfu": r.get("mfu")} for r in summary["rows"] if "error" not in r]  # fmt: skip
+        plot(runs, Path(args.png), title=args.title)
     return 0
 
 
