@@ -8,6 +8,21 @@ from pathlib import Path
 import yaml
 
 
+# What every CPU training run of the tests shares: fp32 LoRA with plain AdamW, collation in the
+# main process, a log line per step, no checkpoint unless a test asks for one.
+CPU_TRAINING_KEYS = {
+    "lr_scheduler": "constant",
+    "optimizer": "adamw_torch",
+    "bf16": False,
+    "fp16": False,
+    "tf32": False,
+    "dataloader_num_workers": 0,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "seed": 0,
+}
+
+
 def write_minimal_config(tmp_path: Path, tiny_model_dir: Path, **overrides) -> Path:
     """A valid plugin config on the tiny model with a one-record dataset; `overrides` win."""
     data = tmp_path / "data.jsonl"

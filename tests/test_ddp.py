@@ -52,7 +52,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import trainer_state
+from helpers import CPU_TRAINING_KEYS, trainer_state
 from media_factory import write_image, write_video
 
 pytestmark = pytest.mark.slow
@@ -302,19 +302,8 @@ def write_ddp_config(root: Path, tiny_model_dir: Path, data: Path, name: str, qw
         "gradient_accumulation_steps": 1,
         "num_epochs": 1,
         "learning_rate": 0.01,
-        "lr_scheduler": "constant",
-        "optimizer": "adamw_torch",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "lora_mlp_kernel": False,
-        "lora_qkv_kernel": False,
-        "lora_o_kernel": False,
-        "dataloader_num_workers": 0,
-        "logging_steps": 1,
-        "save_steps": 100,
+        **CPU_TRAINING_KEYS,
         "output_dir": str(root / name / "out"),
-        "seed": 0,
     }
     cfg.update(overrides)
     path = root / f"{name}.yml"
