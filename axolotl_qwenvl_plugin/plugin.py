@@ -67,7 +67,7 @@ class QwenVLPlugin(BasePlugin):
         dataset = trainer.train_dataset
         if dataset is not None and hasattr(dataset, "__len__"):
             LOG.info("qwenvl: training on %d records", len(dataset))
-        if cfg.output_dir:
+        if cfg.output_dir and trainer.is_world_process_zero():
             SkipLog(cfg.output_dir).clear_stage("train")  # this run's collator skips start at zero
         if trainer.args.dataloader_num_workers > 0:
             # Axolotl has no key for it; without it every epoch restarts the workers and the GPU

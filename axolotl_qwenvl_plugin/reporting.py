@@ -54,6 +54,7 @@ class SkipLog:
 
     def _write(self, entries: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        # One temporary file per process: DDP ranks may rewrite the log at the same moment.
+        tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
         tmp.replace(self.path)

@@ -48,3 +48,22 @@ def test_uncaught_data_error_prints_one_message_not_a_traceback():
     assert "Traceback" not in proc.stderr
     assert "d.jsonl:3: missing_file: file does not exist (path a.jpg)" in proc.stderr
     assert "qwenvl.on_bad_record: skip" in proc.stderr
+
+
+def test_concurrent_rewrites_from_several_processes_never_fail(tmp_path):
+    """DDP ranks rewrite the log at the same moment (clear_stage at trainer creation): each uses
+    its own temporary file, so no rank's rename finds the file gone."""
+    import multiprocessing
+
+    log = SkipLog(tmp_path)
+    log.append("train", {"reason": "missing_file", "where": "a.jsonl:1"})
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        pool.map(_clear_many, [str(tmp_path)] * 4)
+    assert log.entries() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwenvl_skipped.jsonl"]
+
+
+def _clear_many(output_dir: str) -> None:
+    for _ in range(200):
+        SkipLog(output_dir).clear_stage("train")
