@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -59,10 +58,9 @@ def distributed_world_size() -> int:
             return dist.get_world_size()
     except (RuntimeError, ValueError):
         pass
-    try:
-        return int(os.environ.get("WORLD_SIZE") or 1)
-    except ValueError:
-        return 1
+    from .loading import world_size
+
+    return world_size()
 
 
 class QwenVLDataCollator:

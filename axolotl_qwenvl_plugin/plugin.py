@@ -151,11 +151,17 @@ def is_training_command(cfg, argv: list[str] | None = None) -> bool:
     merge-lora's first load is only told by the command line."""
     if cfg.get("is_preprocess") or cfg.get("inference") or cfg.get("merge_lora"):
         return False
+    return not _invoked_as(_NON_TRAINING_COMMANDS, argv)
+
+
+def _invoked_as(commands: tuple[str, ...], argv: list[str] | None = None) -> bool:
+    """Whether this process runs one of Axolotl's `commands`: `axolotl merge-lora cfg.yml`, or a
+    launcher's `-m axolotl.cli.merge_lora` (the script name, with `_` for `-`)."""
     argv = sys.argv if argv is None else argv
-    if len(argv) > 1 and argv[1] in _NON_TRAINING_COMMANDS:  # `axolotl merge-lora cfg.yml`
-        return False
+    if len(argv) > 1 and argv[1] in commands:
+        return True
     script = Path(argv[0]).stem if argv else ""
-    return script not in {name.replace("-", "_") for name in _NON_TRAINING_COMMANDS}
+    return script in {name.replace("-", "_") for name in commands}
 
 
 # Axolotl keys naming a model folder when one exists there, else a Hugging Face Hub id.
@@ -292,11 +298,7 @@ def _reads_datasets(cfg, argv: list[str] | None = None) -> bool:
     """False for the commands that never open the training data (inference, merge-lora, ...)."""
     if cfg.get("inference") or cfg.get("merge_lora"):
         return False
-    argv = sys.argv if argv is None else argv
-    if len(argv) > 1 and argv[1] in _NO_DATASET_COMMANDS:  # `axolotl inference cfg.yml`
-        return False
-    script = Path(argv[0]).stem if argv else ""  # `accelerate launch -m axolotl.cli.inference`
-    return script not in {name.replace("-", "_") for name in _NO_DATASET_COMMANDS}
+    return not _invoked_as(_NO_DATASET_COMMANDS, argv)
 
 
 def default_dataloader_workers(cpus: int, local_processes: int) -> int:
