@@ -16,7 +16,11 @@
 #         16-frame 336x336 video, 2,654 tokens): .gpu/bench-image, .gpu/bench-video
 #   OPTIONS  sN: N steps (default 20) | resume: kill after checkpoint-12, resume to step 36 |
 #            gbl: group_by_length | wN: N DataLoader workers (default: the plugin's) |
-#            ddp: one process per GPU of the lane (accelerate launcher)
+#            ddp: one process per GPU of the lane (accelerate launcher) |
+#            prof: torch.profiler over steps 6-7 (<meter>-profile.json/.log) |
+#            gcT / gc0: on-GPU gradient checkpointing / none (default: Unsloth's offloaded) |
+#            force: lift the plugin's unsloth + DDP refusal (benchmarks/shims/unsloth_ddp probe) |
+#            g1: only the lane's first GPU (a one-GPU baseline inside a multi-GPU lane)
 #   special  peak (measured bf16 matmul peak: benchmarks/bf16_peak.py) | smoke (pytest -m gpu)
 #
 # Every job is skipped when it would not end before $SUITE_DEADLINE seconds (default 555).
@@ -44,6 +48,7 @@ if [ -z "$CPU" ]; then  # the GPU machine: packages it lacks come from the carri
 else
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 fi
+BASE_PYTHONPATH=$PYTHONPATH
 export UNSLOTH_DISABLE_STATISTICS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled AXOLOTL_DO_NOT_TRACK=1 \
        DO_NOT_TRACK=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p /tmp/shim
@@ -106,8 +111,8 @@ native_data() {
 estimate() {  # seconds a job needs on an H100 (startup, load, Unsloth compile, steps), measured
   local s
   case $1 in
-    peak) echo 40; return ;; smoke) echo 300; return ;;
-    *resume*) s=400 ;; A-*) s=260 ;; C-*) s=200 ;; T-*) s=220 ;; *) s=160 ;;
+    peak) echo 40; return ;; smoke) echo 400; return ;;
+    *resume*) s=300 ;; A-*) s=250 ;; C-*) s=200 ;; T-*) s=220 ;; *) s=160 ;;
   esac
   [[ $1 == *-7b-* ]] && s=$((s + 60))
   [[ $1 == *-ddp* ]] && s=$((s + 40))
@@ -125,6 +130,7 @@ train_once() {
 
 job() {
   local spec=$1 devices=$2 tag=$3
+  [[ $spec == smoke || $spec == *-g1* ]] && devices=${devices%%,*}
   local ngpu; ngpu=$(awk -F, '{print NF}' <<< "$devices")
   local run="$WORK/$spec@$tag"
   fits "$(estimate "$spec")" || { note "$tag $spec skipped (time)"; return 0; }
@@ -139,7 +145,7 @@ job() {
     smoke)
       mkdir -p "$run"
       note "$tag smoke: pytest -m gpu tests/test_unsloth_gpu.py"
-      timeout "$(cap 330)" "$PY" -m pytest tests/test_unsloth_gpu.py -m "gpu or unsloth" -q -x \
+      timeout "$(cap 430)" "$PY" -m pytest tests/test_unsloth_gpu.py -m "gpu or unsloth" -q -x \
         -p no:cacheprovider --basetemp="$run/tmp" > "$run/pytest.log" 2>&1
       note "$tag smoke rc=$?: $(tail -1 "$run/pytest.log")"
       find "$run/tmp" -name '*.log' -exec cp {} "$run/" \; 2>/dev/null
@@ -147,14 +153,20 @@ job() {
   esac
   IFS=- read -r path size mix batch rest <<< "$spec"
   batch=${batch#b}
-  local steps=20 resume="" extra=() opt
+  local steps=20 resume="" extra=() standalone=() opt
+  export PYTHONPATH=$BASE_PYTHONPATH  # per job: options below may change these (lanes are subshells)
+  unset QWENVL_BENCH_PROFILE
   for opt in ${rest//-/ }; do
     case $opt in
       s[0-9]*) steps=${opt#s} ;;
       resume) resume=1; steps=36 ;;
       gbl) extra+=(--group-by-length) ;;
       w[0-9]*) extra+=(--workers "${opt#w}") ;;
-      ddp) ;;
+      ddp|g1) ;;
+      prof) export QWENVL_BENCH_PROFILE=6:7 ;;
+      gcT) extra+=(--checkpointing true); standalone+=(--checkpointing true) ;;
+      gc0) extra+=(--checkpointing false); standalone+=(--checkpointing false) ;;
+      force) export PYTHONPATH=$ROOT/benchmarks/shims/unsloth_ddp:$BASE_PYTHONPATH ;;
       *) note "$tag $spec: unknown option $opt"; return 1 ;;
     esac
   done
@@ -165,11 +177,11 @@ job() {
   if [ "$path" = B ]; then
     note "$tag $spec: standalone Unsloth, $steps steps"
     timeout "$(cap 330)" "$PY" "$ROOT/benchmarks/unsloth_standalone.py" --model "$model_dir" --data "$data" \
-      --out "$run" --steps "$steps" --batch "$batch" > "$run/train-1.log" 2>&1
+      --out "$run" --steps "$steps" --batch "$batch" ${standalone[@]+"${standalone[@]}"} > "$run/train-1.log" 2>&1
     note "$tag $spec rc=$?: $(grep -h '^unsloth_standalone' "$run/train-1.log" | tail -1 | cut -c1-300)"
     cd "$ROOT"; return
   fi
-  local cfg_args=(--model "$model_dir" --run-dir "$run" --batch "$batch" --max-steps "$steps" "${extra[@]}")
+  local cfg_args=(--model "$model_dir" --run-dir "$run" --batch "$batch" --max-steps "$steps" ${extra[@]+"${extra[@]}"})
   case $path in
     A) cfg_args+=(--path plugin --loader "$([ -n "$CPU" ] && echo transformers || echo unsloth)" --data "$data") ;;
     T) cfg_args+=(--path plugin --loader transformers --data "$data") ;;

@@ -43,9 +43,16 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+SIDE_FILES = ("-fingerprint", "-profile")  # written beside each meter by benchmarks/throughput.py
+
+
+def _is_meter(path: Path) -> bool:
+    return not path.stem.endswith(SIDE_FILES)
+
+
 def _meters(run: Path) -> list[dict]:
     """One payload per `axolotl train` invocation (rank 0), each with `rank_payloads` of all ranks."""
-    meters = sorted(m for m in run.glob("meter-*.json") if not m.stem.endswith("fingerprint") and ".rank" not in m.name)
+    meters = sorted(m for m in run.glob("meter-*.json") if _is_meter(m) and ".rank" not in m.name)
     if not meters and (run / "throughput.json").exists():  # the standalone script's meter
         meters = [run / "throughput.json"]
     payloads = []
@@ -53,7 +60,7 @@ def _meters(run: Path) -> list[dict]:
         payload = _load(meter)
         if not payload:
             continue
-        ranks = sorted(r for r in run.glob(f"{meter.stem}.rank*.json") if not r.stem.endswith("fingerprint"))
+        ranks = sorted(r for r in run.glob(f"{meter.stem}.rank*.json") if _is_meter(r))
         payload["rank_payloads"] = [payload] + [p for p in (_load(r) for r in ranks) if p]
         payloads.append(payload)
     return payloads
@@ -75,23 +82,31 @@ def job_result(run: Path, batch: int) -> dict | None:
     if not payloads:
         return None
     longest = max(payloads, key=lambda p: len(p["steps"]))
+    if "-prof" in run.name:  # meters from before the `profiled` flag: the suite profiles steps 6-7
+        for p in longest["rank_payloads"]:
+            for s in p["steps"]:
+                s.setdefault("profiled", s["step"] in (6, 7))
     # Under DDP each rank meters its own micro-batches over the same steps: rates add up.
     per_rank = [steady_state(p) for p in longest["rank_payloads"]]
     steady = dict(per_rank[0])
     steady["tokens_per_s"] = sum(r["tokens_per_s"] or 0 for r in per_rank)
-    samples_per_s = sum(
-        sum(s["micro_batches"] for s in p["steps"][3:] if s["tokens"] > 0) * batch / r["seconds"]
-        for p, r in zip(longest["rank_payloads"], per_rank) if r["seconds"]
-    )  # fmt: skip
-    peaks = [p.get(k) for q in payloads for p in q["rank_payloads"]
-             for k in ("load_peak_allocated_gib", "train_peak_allocated_gib")]  # fmt: skip
-    losses = _losses(run, payloads)
+    samples_per_s = sum(r["micro_batches"] * batch / r["seconds"] for r in per_rank if r["seconds"])
     logs = "\n".join(p.read_text(errors="replace") for p in sorted(run.glob("train-*.log")))
+    rank_peaks = [max(filter(None, [p.get("load_peak_allocated_gib"), p.get("train_peak_allocated_gib")]
+                             + [s.get("peak_allocated_gib") for s in p["steps"]]), default=None)
+                  for p in longest["rank_payloads"]]  # fmt: skip
+    # Axolotl's memory log calls reset_peak_memory_stats() at every logging step, so a meter that
+    # read max_memory_allocated only at its last write (before per-step peaks, 2026-11-28) could
+    # miss the peak; Axolotl's own logged per-interval peaks still hold it.
+    logged = [float(v) for v in re.findall(r"memory/max_allocated \(GiB\)': '([0-9.]+)'", logs)]
+    peaks = [p for p in rank_peaks if p is not None] + logged
+    losses = _losses(run, payloads)
     result = {
         "tokens_per_s": steady["tokens_per_s"],
         "samples_per_s": samples_per_s or None,
         "gpus": len(per_rank),
-        "peak_gib": max((p for p in peaks if p is not None), default=None),
+        "peak_gib": max(peaks, default=None),
+        "rank_peak_gib": rank_peaks,
         "data_wait": 1 - steady["in_step_share"] if steady.get("in_step_share") else None,
         "steps_timed": steady["steps"],
         "tokens_per_step": steady["tokens"] / steady["steps"] if steady["steps"] else None,
@@ -166,12 +181,21 @@ def scaling(rows: list[dict]) -> list[dict]:
     return out
 
 
+# Options that change how a job is measured or launched, not what it trains: ignored when pairing.
+MEASUREMENT_OPTIONS = {"prof", "g1", "force"}
+
+
+def _training_opts(opts: str) -> str:
+    kept = [o for o in opts.split("-") if o not in MEASUREMENT_OPTIONS]
+    return "-".join(kept) or "-"
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """A/B and A/C per (size, mix, batch, options), on the mean of repeated runs of a job."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row.get("tokens_per_s"):
-            groups[(row["size"], row["mix"], row["batch"], row["opts"])][row["path"]].append(row)
+        if row.get("tokens_per_s") and row.get("gpus") == 1:
+            groups[(row["size"], row["mix"], row["batch"], _training_opts(row["opts"]))][row["path"]].append(row)
     out = []
     for (size, mix, batch, opts), by_path in sorted(groups.items()):
         mean = {p: (statistics.fmean(r["tokens_per_s"] for r in rs), statistics.fmean(r["peak_gib"] for r in rs))

@@ -10,7 +10,11 @@
   positions the LLM runs over), padding excluded; vision tokens are also counted apart.
   Memory: `torch.cuda.max_memory_allocated()` over the whole process (loading included) and over
   training only (peak stats reset at `on_train_begin`).
+  Each step also records its own peak (`peak_allocated_gib`), to find which step a spike is in.
   It rewrites a JSON file after every step, so a killed run still leaves its numbers.
+* `$QWENVL_BENCH_PROFILE=START:END` profiles global steps START..END with `torch.profiler` and
+  writes `<meter>-profile.json` (GPU busy share of the wall time, kernel time by kind, the top
+  kernels and host ops) and `<meter>-profile.log` (the same tables as text): what holds MFU back.
 * `ThroughputPlugin`: an Axolotl plugin that attaches the meter to Axolotl's trainer:
 
       plugins:
@@ -58,6 +62,9 @@ class StepMeter(TrainerCallback):
         self.load_peak_gib = None
         self._last_end = None
         self._start_wall = time.time()
+        self.train_peak_gib = 0.0
+        self.profile_window = profile_window(os.environ.get("QWENVL_BENCH_PROFILE", ""))
+        self._profiler = None
 
     # -- token counting -------------------------------------------------------------------------
     def count(self, inputs) -> None:
@@ -104,13 +111,22 @@ class StepMeter(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         _sync()
+        if self.profile_window and state.global_step + 1 == self.profile_window[0]:
+            self._start_profiler()
         self._begin = time.perf_counter()
         if self._last_end is None:
             self._last_end = self._begin
 
     def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
         _sync()
         now = time.perf_counter()
+        step_peak = None
+        if torch.cuda.is_available():
+            step_peak = torch.cuda.max_memory_allocated() / GIB
+            self.train_peak_gib = max(self.train_peak_gib, step_peak)
+            torch.cuda.reset_peak_memory_stats()
         self.steps.append({
             "step": state.global_step,
             "seconds": now - self._last_end,
@@ -119,10 +135,37 @@ class StepMeter(TrainerCallback):
             "tokens": self.pending_tokens,
             "vision_tokens": self.pending_vision,
             "micro_batches": self.pending_micro_batches,
+            "peak_allocated_gib": step_peak,
+            "profiled": self._profiler is not None,  # slower: left out of steady_state
         })  # fmt: skip
+        if self._profiler is not None and state.global_step >= self.profile_window[1]:
+            self._stop_profiler(now - self._profile_start, state.global_step - self.profile_window[0] + 1)
+            now = time.perf_counter()  # the profile summary is not training time
         self._last_end = now
         self.pending_tokens = self.pending_vision = self.pending_micro_batches = 0
         self._write(state)
+
+    # -- profiling ------------------------------------------------------------------------------
+    def _start_profiler(self) -> None:
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._profiler = torch.profiler.profile(activities=activities)
+        self._profiler.__enter__()
+        self._profile_start = time.perf_counter()
+
+    def _stop_profiler(self, wall_seconds: float, steps: int) -> None:
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(None, None, None)
+        stem = self.out_path.with_name(self.out_path.stem + "-profile")
+        try:
+            summary, text = profile_summary(profiler, wall_seconds, steps)
+        except Exception as err:  # diagnostics must never stop a run
+            summary, text = {"error": repr(err)}, repr(err)
+        stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+        stem.with_suffix(".log").write_text(text)
 
     def on_save(self, args, state, control, **kwargs):
         self.saves.append(state.global_step)
@@ -150,7 +193,8 @@ class StepMeter(TrainerCallback):
             "losses": self.losses,
             "saves": self.saves,
             "load_peak_allocated_gib": self.load_peak_gib,
-            "train_peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+            "train_peak_allocated_gib": (max(self.train_peak_gib, torch.cuda.max_memory_allocated() / GIB)
+                                         if cuda else None),
             "train_peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None,
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "wall_seconds_since_meter": time.time() - self._start_wall,
@@ -159,6 +203,88 @@ class StepMeter(TrainerCallback):
         tmp = self.out_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         tmp.replace(self.out_path)
+
+
+def profile_window(value: str) -> tuple[int, int] | None:
+    """`START:END` (or `STEP`) -> the inclusive range of global steps to profile."""
+    if not value.strip():
+        return None
+    start, _, end = value.partition(":")
+    first = int(start)
+    return first, int(end or first)
+
+
+# Kernel kinds, by substrings of the CUDA kernel name (first match wins).
+KERNEL_KINDS = (
+    ("4-bit dequantize (bitsandbytes)", ("dequantize", "kDequant", "kgemm_4bit")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("matmul (cuBLAS/CUTLASS)", ("gemm", "sm90_xmma", "cutlass", "nvjet", "wgmma", "ampere_", "sm80_")),
+    ("copy / memset", ("memcpy", "memset", "Memcpy", "Memset", "copy_kernel", "CatArrayBatched")),
+    ("triton (compiled / Unsloth)", ("triton",)),
+    ("reduction", ("reduce_kernel", "Reduce")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    for kind, needles in KERNEL_KINDS:
+        if any(needle in name for needle in needles):
+            return kind
+    return "other"
+
+
+def _busy_seconds(intervals: list[tuple[int, int]]) -> float:
+    """Length of the union of [start, end) nanosecond intervals, in seconds."""
+    busy, current_start, current_end = 0, None, None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                busy += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        busy += current_end - current_start
+    return busy / 1e9
+
+
+def profile_summary(profiler, wall_seconds: float, steps: int, top: int = 25) -> tuple[dict, str]:
+    """GPU busy share and where the GPU and the host spend a profiled window."""
+    import collections
+
+    from torch.autograd import DeviceType
+
+    kernels, by_kind, by_name, counts = [], collections.Counter(), collections.Counter(), collections.Counter()
+    for event in profiler.profiler.kineto_results.events():
+        if event.device_type() != DeviceType.CUDA:
+            continue
+        start, duration = event.start_ns(), event.duration_ns()
+        kernels.append((start, start + duration))
+        name = event.name()
+        by_kind[kernel_kind(name)] += duration / 1e9
+        by_name[name[:160]] += duration / 1e9
+        counts[name[:160]] += 1
+    busy = _busy_seconds(kernels)
+    summary = {
+        "steps": steps,
+        "wall_seconds": wall_seconds,
+        "gpu_busy_seconds": busy,
+        "gpu_busy_share": busy / wall_seconds if wall_seconds else None,
+        "kernels": len(kernels),
+        "kernels_per_step": len(kernels) / steps if steps else None,
+        "kernel_seconds_by_kind": dict(by_kind.most_common()),
+        "top_kernels": [{"name": n, "seconds": t, "calls": counts[n]} for n, t in by_name.most_common(top)],
+    }
+    averages = profiler.key_averages()
+    host = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    summary["top_host_ops"] = [{"name": e.key, "self_cpu_seconds": e.self_cpu_time_total / 1e6, "calls": e.count}
+                               for e in host]  # fmt: skip
+    text = "\n\n".join([
+        json.dumps({k: v for k, v in summary.items() if not k.startswith("top_")}, indent=1),
+        averages.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90),
+        averages.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=90),
+    ])  # fmt: skip
+    return summary, text
 
 
 def _fn(obj) -> str:
@@ -257,7 +383,7 @@ def steady_state(payload: dict, skip: int = 3) -> dict:
     """Tokens/s over the steps of one run after its first `skip` steps (compilation, autotuning,
     allocator warm-up) and leaving out the step timed across a checkpoint save."""
     steps = payload["steps"][skip:]
-    steps = [s for s in steps if s["tokens"] > 0]
+    steps = [s for s in steps if s["tokens"] > 0 and not s.get("profiled")]
     seconds = sum(s["seconds"] for s in steps)
     step_seconds = sum(s.get("step_seconds", 0.0) for s in steps)
     tokens = sum(s["tokens"] for s in steps)
@@ -267,6 +393,7 @@ def steady_state(payload: dict, skip: int = 3) -> dict:
         "seconds": seconds,
         "tokens": tokens,
         "tokens_per_s": tokens / seconds if seconds else None,
+        "micro_batches": sum(s["micro_batches"] for s in steps),
         "vision_share": vision / tokens if tokens else None,
         "seconds_per_step_median": sorted(s["seconds"] for s in steps)[len(steps) // 2] if steps else None,
         # share of the wall time spent between on_step_begin and on_step_end (the rest: data, logging)

@@ -30,7 +30,7 @@ NATIVE_TARGETS = r"model.language_model.layers.[\d]+.(mlp|self_attn).(up|down|ga
 
 def config(path: str, loader: str, model: str, data: str, run_dir: str, max_steps: int, save_steps: int,
            batch: int = 2, workers: int | None = None, group_by_length: bool = False,
-           meter: bool = True, cpu: bool = False) -> dict:  # fmt: skip
+           meter: bool = True, cpu: bool = False, checkpointing: str = "unsloth") -> dict:  # fmt: skip
     plugins = ["axolotl_qwenvl_plugin.QwenVLPlugin"] if path == "plugin" else []
     cfg = {
         "base_model": model,
@@ -68,6 +68,9 @@ def config(path: str, loader: str, model: str, data: str, run_dir: str, max_step
     }
     if group_by_length:
         cfg["group_by_length"] = True
+    if checkpointing == "false":
+        cfg["gradient_checkpointing"] = False
+        cfg.pop("gradient_checkpointing_kwargs")
     if path == "plugin":
         cfg["qwenvl"] = {
             "loader": loader,
@@ -77,6 +80,8 @@ def config(path: str, loader: str, model: str, data: str, run_dir: str, max_step
             "finetune_attention_modules": True,
             "finetune_mlp_modules": True,
         }
+        if checkpointing != "unsloth":  # "true": on-GPU checkpoints, "false": none (Unsloth's mode)
+            cfg["qwenvl"]["use_gradient_checkpointing"] = checkpointing == "true"
     else:
         cfg.update(
             processor_type="AutoProcessor",
@@ -115,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the plugin's)")
     parser.add_argument("--group-by-length", action="store_true")
     parser.add_argument("--no-meter", action="store_true")
+    parser.add_argument("--checkpointing", choices=("unsloth", "true", "false"), default="unsloth",
+                        help="gradient checkpointing: Unsloth's offloaded (default), on-GPU, or none")
     parser.add_argument("--cpu", action="store_true", help="dry run on CPU (tiny model)")
     args = parser.parse_args(argv)
     cfg = config(args.path, args.loader, args.model, args.data, args.run_dir, args.max_steps, args.save_steps,
                  batch=args.batch, workers=args.workers, group_by_length=args.group_by_length,
-                 meter=not args.no_meter, cpu=args.cpu)  # fmt: skip
+                 meter=not args.no_meter, cpu=args.cpu, checkpointing=args.checkpointing)  # fmt: skip
     sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
     return 0
 

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--trainer", choices=("sft", "hf"), default="sft")
+    parser.add_argument("--checkpointing", choices=("unsloth", "true", "false"), default="unsloth",
+                        help="gradient checkpointing: Unsloth's offloaded (default), on-GPU, or none")
     parser.add_argument("--late-import", action="store_true",
                         help="import transformers, PEFT and TRL before Unsloth (as inside Axolotl)")
     args = parser.parse_args(argv)
@@ -70,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    checkpointing = {"unsloth": "unsloth", "true": True, "false": False}[args.checkpointing]
     model, _unsloth_processor = FastVisionModel.from_pretrained(
         args.model,
         load_in_4bit=True,
         max_seq_length=args.sequence_len,
-        use_gradient_checkpointing="unsloth",
+        use_gradient_checkpointing=checkpointing,
         dtype=None,
         use_exact_model_name=True,
         local_files_only=True,
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         finetune_mlp_modules=True,
         use_rslora=True,
         random_state=args.seed,
-        use_gradient_checkpointing="unsloth",
+        use_gradient_checkpointing=checkpointing,
     )
     FastVisionModel.for_training(model)
 
@@ -128,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_unused_columns=False,
         dataloader_num_workers=args.workers,
         dataloader_prefetch_factor=2 if args.workers else None,
-        gradient_checkpointing=True,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        gradient_checkpointing=bool(checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
     used = args.trainer
     trainer = None
