@@ -63,6 +63,16 @@ class QwenVLPlugin(BasePlugin):
         if loading.install_unsloth_loader_patch():
             LOG.info("qwenvl: loader unsloth: ModelLoader routed through FastVisionModel")
 
+    def post_model_load(self, cfg, model):
+        from .settings import qwenvl_settings
+        from .vision_attention import batch_vision_attention
+
+        if qwenvl_settings(cfg).batched_vision_attention:
+            changed = batch_vision_attention(model)
+            if changed:
+                LOG.info("qwenvl: vision attention batched per window size in %d ViT blocks "
+                         "(qwenvl.batched_vision_attention)", changed)  # fmt: skip
+
     def post_trainer_create(self, cfg, trainer):
         dataset = trainer.train_dataset
         if dataset is not None and hasattr(dataset, "__len__"):

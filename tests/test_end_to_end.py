@@ -127,6 +127,8 @@ def test_preprocess_then_train_learns_and_saves_adapter(tmp_path, tiny_model_dir
     assert "qwenvl: preparing" not in train_log
     assert "Loading prepared dataset from disk" in train_log
     assert f"qwenvl: training on {VALID_RECORDS} records" in train_log
+    # the tiny ViT's 2 blocks got the batched window attention (tests/test_vision_attention.py)
+    assert "qwenvl: vision attention batched per window size in 2 ViT blocks" in train_log
     # The end of the run says how many records were skipped and why (from preprocessing's list).
     assert "qwenvl: 2 record(s) skipped under on_bad_record: skip (preprocess: 2)" in train_log
     assert "invalid_json=1" in train_log and "missing_file=1" in train_log
