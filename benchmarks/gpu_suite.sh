@@ -19,7 +19,6 @@
 #            ddp: one process per GPU of the lane (accelerate launcher) |
 #            prof: torch.profiler over steps 6-7 (<meter>-profile.json/.log) |
 #            gcT / gc0: on-GPU gradient checkpointing / none (default: Unsloth's offloaded) |
-#            force: lift the plugin's unsloth + DDP refusal (benchmarks/shims/unsloth_ddp probe) |
 #            g1: only the lane's first GPU (a one-GPU baseline inside a multi-GPU lane)
 #   special  peak (measured bf16 matmul peak: benchmarks/bf16_peak.py) | smoke (pytest -m gpu)
 #
@@ -48,7 +47,6 @@ if [ -z "$CPU" ]; then  # the GPU machine: packages it lacks come from the carri
 else
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 fi
-BASE_PYTHONPATH=$PYTHONPATH
 export UNSLOTH_DISABLE_STATISTICS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled AXOLOTL_DO_NOT_TRACK=1 \
        DO_NOT_TRACK=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p /tmp/shim
@@ -154,8 +152,7 @@ job() {
   IFS=- read -r path size mix batch rest <<< "$spec"
   batch=${batch#b}
   local steps=20 resume="" extra=() standalone=() opt
-  export PYTHONPATH=$BASE_PYTHONPATH  # per job: options below may change these (lanes are subshells)
-  unset QWENVL_BENCH_PROFILE
+  unset QWENVL_BENCH_PROFILE  # per job (lanes are subshells): `prof` sets it
   for opt in ${rest//-/ }; do
     case $opt in
       s[0-9]*) steps=${opt#s} ;;
@@ -166,7 +163,6 @@ job() {
       prof) export QWENVL_BENCH_PROFILE=6:7 ;;
       gcT) extra+=(--checkpointing true); standalone+=(--checkpointing true) ;;
       gc0) extra+=(--checkpointing false); standalone+=(--checkpointing false) ;;
-      force) export PYTHONPATH=$ROOT/benchmarks/shims/unsloth_ddp:$BASE_PYTHONPATH ;;
       *) note "$tag $spec: unknown option $opt"; return 1 ;;
     esac
   done

@@ -182,7 +182,7 @@ def scaling(rows: list[dict]) -> list[dict]:
 
 
 # Options that change how a job is measured or launched, not what it trains: ignored when pairing.
-MEASUREMENT_OPTIONS = {"prof", "g1", "force"}
+MEASUREMENT_OPTIONS = {"prof", "g1", "force"}  # force: the 2026-11-28 unsloth + DDP probe
 
 
 def _training_opts(opts: str) -> str:

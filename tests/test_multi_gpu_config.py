@@ -1,8 +1,9 @@
 """Which multi-GPU combinations the plugin accepts, decided at config time (issue 8).
 
 Supported and tested: DDP with `qwenvl.loader: transformers` (tests/test_ddp.py on CPU, and a
-2xH100 run in benchmarks/results). Refused: `loader: unsloth` in a multi-process launch, and
-DeepSpeed / FSDP with Unsloth. Accepted with a warning: DeepSpeed / FSDP with the transformers
+2xH100 run in benchmarks/results) and with `loader: unsloth` (2xH100 runs in benchmarks/results:
+Unsloth needs a GPU, so its DDP side is not testable on CPU; here, only the config decision and the
+per-rank device map). Refused: DeepSpeed / FSDP with Unsloth. Accepted with a warning: DeepSpeed / FSDP with the transformers
 loader (not tested here). The GPU and the unsloth extra are faked where the rule depends on
 them: this machine has neither, and only the config decision is under test.
 """
@@ -55,13 +56,15 @@ def test_transformers_loader_is_accepted_under_ddp(tmp_path, tiny_model_dir, mon
     assert isinstance(cfg["lora_target_modules"], str)  # the finetune_* regex, as on one GPU
 
 
-def test_unsloth_loader_is_refused_in_a_multi_process_launch(tmp_path, tiny_model_dir, monkeypatch, gpu_box):
+def test_unsloth_loader_is_accepted_under_ddp_with_one_gpu_per_rank(tmp_path, tiny_model_dir, monkeypatch, gpu_box):
+    from axolotl_qwenvl_plugin.settings import qwenvl_settings
+
     _launch(monkeypatch, 2, rank=1)
-    with pytest.raises(ValueError) as err:
-        _register(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"})
-    message = str(err.value)
-    assert "process 1 of 2" in message
-    assert "qwenvl.loader: transformers" in message and "qwenvl-2gpu.yml" in message
+    cfg = _register(tmp_path, tiny_model_dir, qwenvl={"loader": "unsloth"})
+    assert cfg["lora_qkv_kernel"] is False and cfg["lora_mlp_kernel"] is False
+    # FastVisionModel.from_pretrained puts rank 1's whole copy on its own GPU
+    kwargs = loading.unsloth_from_pretrained_kwargs(cfg, qwenvl_settings(cfg), offline=True)
+    assert kwargs["device_map"] == {"": 1}
 
 
 def test_unsloth_loader_is_accepted_on_one_process(tmp_path, tiny_model_dir, monkeypatch, gpu_box):
@@ -70,11 +73,12 @@ def test_unsloth_loader_is_accepted_on_one_process(tmp_path, tiny_model_dir, mon
     assert cfg.lora_qkv_kernel is False  # Unsloth's model never gets Axolotl's kernels
 
 
-@pytest.mark.parametrize(("world", "expected"), [(1, "unsloth"), (2, "transformers"), (8, "transformers")])
-def test_auto_picks_the_transformers_loader_under_ddp(monkeypatch, world, expected):
+@pytest.mark.parametrize("world", [1, 2, 8])
+def test_auto_picks_unsloth_on_gpus_whatever_the_process_count(monkeypatch, world):
     _launch(monkeypatch, world)
-    assert loading.resolve_loader("auto", cuda_available=True, unsloth_installed=True) == expected
-    assert loading.check_loader_supported("auto", cuda_available=True, unsloth_installed=True) == expected
+    assert loading.resolve_loader("auto", cuda_available=True, unsloth_installed=True) == "unsloth"
+    assert loading.check_loader_supported("auto", cuda_available=True, unsloth_installed=True) == "unsloth"
+    assert loading.check_loader_supported("auto", cuda_available=True, unsloth_installed=False) == "transformers"
 
 
 @pytest.mark.parametrize(
