@@ -50,7 +50,7 @@ def test_every_config_is_covered():
     names = {path.name for path in CONFIGS}
     assert {
         "qwenvl.yml", "qwenvl-tiny.yml", "qwenvl-image-captioning.yml", "qwenvl-video-qa.yml",
-        "qwenvl-continued-pretraining.yml", "qwenvl-2gpu.yml",
+        "qwenvl-continued-pretraining.yml", "qwenvl-2gpu.yml", "qwenvl-7b-24gb.yml",
     } <= names  # fmt: skip
 
 
@@ -117,9 +117,22 @@ def test_sample_data_is_small_and_uses_the_demo_media(config_path: Path):
         assert 3 <= len(data.read_text().splitlines()) <= 6
 
 
-def test_multi_gpu_config_uses_ddp_with_axolotls_qlora():
+def test_7b_recipe_is_the_measured_configuration():
+    """example_configs/qwenvl-7b-24gb.yml keeps the settings of the measured job
+    (benchmarks/results/2026-11-28-h100-suite.md, A-7b-image-b16-s12-gcT)."""
+    raw = read(EXAMPLES / "qwenvl-7b-24gb.yml")
+    assert raw["qwenvl"]["loader"] == "unsloth" and raw["load_in_4bit"] is True
+    assert raw["micro_batch_size"] == 16 and raw["gradient_accumulation_steps"] == 1
+    assert raw["qwenvl"]["use_gradient_checkpointing"] is True and raw["gradient_checkpointing"] is True
+    assert raw["qwenvl"]["batched_vision_attention"] is True
+    assert raw["qwenvl"]["finetune_vision_layers"] is False
+    assert raw["qwenvl"]["image_max_pixels"] == 576 * 28 * 28  # the benchmark's 672x672 images
+    assert raw["lora_r"] == 16 and raw["peft_use_rslora"] is True and raw["optimizer"] == "adamw_8bit"
+
+
+def test_multi_gpu_config_uses_ddp_with_either_loader():
     raw = read(EXAMPLES / "qwenvl-2gpu.yml")
-    assert raw["qwenvl"]["loader"] == "transformers"
+    assert raw["qwenvl"]["loader"] == "auto"  # Unsloth per rank on GPUs with the extra, else bitsandbytes + PEFT
     assert raw["adapter"] == "qlora" and raw["load_in_4bit"] is True
     assert raw["ddp_find_unused_parameters"] is False
     assert raw["qwenvl"]["finetune_vision_layers"] is False  # every trainable parameter gets a gradient
