@@ -10,8 +10,9 @@ the step's hardware FLOPs (benchmarks/flops.py, `bwd_unneeded`).
 
 `FrozenVisionGradients` removes that hook from a vision tower with no trainable parameter at
 the start of training, after the Trainer's own `gradient_checkpointing_enable`. The LLM keeps its
-hook, so LoRA gradients are unchanged (tests/test_frozen_vision.py compares them). Unsloth
-already hooks only towers that train, so on that path there is nothing to remove.
+hook, so LoRA gradients are unchanged (tests/test_frozen_vision.py compares them). The Unsloth
+path needs it too: the Trainer's `gradient_checkpointing_enable()` re-adds the hook there, and
+on H100 runs the plugin logs its removal on every Unsloth job (benchmarks/results/).
 """
 
 from __future__ import annotations

@@ -64,12 +64,14 @@ def chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if len(groups) == 1:  # every chunk has one length: the batch is a view of the sequence
         length, starts = groups[0]
         return attend(query, key, value, len(starts), length)
-    out = query.new_empty(seq, heads, dim)
+    positions, outputs = [], []
     for length, starts in groups:
-        positions = _positions(length, starts, query.device)
-        q, k, v = (t.index_select(0, positions) for t in (query, key, value))
-        out = out.index_copy(0, positions, attend(q, k, v, len(starts), length))
-    return out
+        where = _positions(length, starts, query.device)
+        q, k, v = (t.index_select(0, where) for t in (query, key, value))
+        positions.append(where)
+        outputs.append(attend(q, k, v, len(starts), length))
+    # every position is in exactly one group: one scatter writes the whole output
+    return query.new_empty(seq, heads, dim).index_copy(0, torch.cat(positions), torch.cat(outputs))
 
 
 def batched_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
